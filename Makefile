@@ -1,0 +1,47 @@
+# Every target creates .venv on first use, so `make test` alone sets up a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+PY := $(abspath $(VENV))/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+SUBMISSION ?= solutions
+OUT ?= build/grade
+JOBS ?= 2
+TRAIN_ARGS ?= --train_steps 3000 --save_and_sample_every 1000 --save_folder ../build/train
+
+.PHONY: setup test grade grade-all release train bench lint clean
+
+setup: $(STAMP)
+
+# torch and torchvision are pinned as a pair that exists only in the package registry
+# (a local CPU-only torch wheel would otherwise be picked and break torchvision).
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+grade: setup
+	$(PY) -m autograder grade $(SUBMISSION) --out $(OUT)
+
+grade-all: setup
+	$(PY) -m autograder grade-all $(SUBMISSIONS) --out $(OUT) --jobs $(JOBS)
+
+release: setup
+	$(PY) -m release
+
+train: setup
+	cd solutions && $(PY) main.py $(TRAIN_ARGS)
+
+bench: setup
+	$(PY) -m bench
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build dist .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
