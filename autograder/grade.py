@@ -1,0 +1,245 @@
+"""Grade one submission: stage it in the sandbox, run the hidden tests, write the results.
+
+Python API (for tests that grade many submissions in one process):
+
+    from autograder.grade import grade_submission
+    from autograder.sandbox import Sandbox, Limits
+
+    with Sandbox(hide=default_hide()) as sandbox:          # optional: reuse one zygote
+        results = grade_submission("path/to/diffusion.py",  # or a folder holding one
+                                   out_dir=None,            # or a folder: results.json, report.md
+                                   sandbox=sandbox,         # None: a private sandbox
+                                   limits=None,             # Limits(timeout_s=...) for a new one
+                                   budget_s=240.0)          # hard cap on the whole grading
+    results["score"], results["tests"]                      # Gradescope results.json as a dict
+
+`grade_submission` never raises for anything the submission does; it returns (and writes) a
+valid results dict in every case. With out_dir, a zero-score results.json is written first.
+"""
+
+import importlib.util
+import json
+import re
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+
+from . import checks, report
+from .config import DEFAULT_BUDGET_S, GRADED_MODULES, ROOT
+from .sandbox import Limits, ProbeResult, Sandbox
+from .worker import CONTRACT_BUFFERS, _probe_model_class
+
+
+def load_rubric(module):
+    """The rubric's tests, in order: [{id, name, points, visibility}]."""
+    with open(ROOT / module.rubric, "rb") as f:
+        tests = tomllib.load(f)["test"]
+    for t in tests:
+        if not re.match(r"^[A-Za-z_.]+: ", t["name"]):
+            raise ValueError(f"rubric test {t['id']!r}: name must be '<function>: <behaviour>'")
+    return tests
+
+
+def _load_path(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_CACHE = {}
+
+
+def load_tests(module):
+    key = ("tests", module.tests)
+    if key not in _CACHE:
+        _CACHE[key] = _load_path(ROOT / module.tests, "autograder_hidden_" + Path(module.tests).stem)
+    return _CACHE[key].TESTS
+
+
+def load_reference(module):
+    key = ("reference", module.reference)
+    if key not in _CACHE:
+        _CACHE[key] = _load_path(ROOT / module.reference,
+                                 "autograder_reference_" + Path(module.reference).stem)
+    return _CACHE[key]
+
+
+def default_hide(out_dir=None, submission=None):
+    """Paths the worker must not see: every entry of the grader's tree (except the Python
+    environment, which the Sandbox keeps), the output folder and the original submission."""
+    hide = [p for p in ROOT.iterdir()]
+    for extra in (out_dir, submission):
+        if extra is not None:
+            p = Path(extra).resolve()
+            hide.append(p if p.is_dir() else p.parent)
+    return hide
+
+
+def find_submission(path, filename):
+    """(file, note): the submitted `filename` in `path` (a file or a folder). Accepts renamed
+    copies such as 'diffusion (1).py' or 'diffusion-2.py', with a note."""
+    path = Path(path)
+    if path.is_file():
+        note = "" if path.name == filename else f"graded {path.name} as {filename}"
+        return path, note
+    if not path.is_dir():
+        return None, f"{path} does not exist"
+    exact = path / filename
+    if exact.is_file():
+        return exact, ""
+    stem = Path(filename).stem
+    pattern = re.compile(rf"^{re.escape(stem)}[\s_\-()0-9]*\.py$", re.IGNORECASE)
+    candidates = sorted(p for p in path.rglob("*.py") if pattern.match(p.name))
+    if candidates:
+        return candidates[0], f"no {filename} found; graded {candidates[0].name} instead"
+    return None, f"no {filename} in the submission"
+
+
+class Context:
+    """What a hidden test sees: probes (memoized per submission) and the reference."""
+
+    def __init__(self, sandbox, reference, deadline, cuda):
+        self.sandbox, self.reference, self.deadline, self.cuda = sandbox, reference, deadline, cuda
+        self.ProbeModel = _probe_model_class()
+        self._probes, self._refs = {}, {}
+        self.outputs = []
+
+    def probe(self, kind, cfg=None, arrays=None, *, key="", noise_seed=0, seed=0, timeout_s=None):
+        """Run (once per submission) probe `kind` in the sandbox; `key` names the inputs."""
+        cache_key = (kind, json.dumps(cfg, sort_keys=True), key, noise_seed, seed)
+        if cache_key not in self._probes:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 1:
+                result = ProbeResult(False, status="timeout",
+                                     error="the grading time budget was exhausted")
+            else:
+                timeout = min(timeout_s or self.sandbox.limits.timeout_s, remaining)
+                header = {"probe": kind, "cfg": cfg or {}, "noise_seed": noise_seed, "seed": seed}
+                result = self.sandbox.probe(header, {k: _np(v) for k, v in (arrays or {}).items()},
+                                            timeout_s=timeout)
+            if result.output:
+                self.outputs.append(result.output)
+            self._probes[cache_key] = result
+        return self._probes[cache_key]
+
+    def ref(self, T, schedule="cosine", loss_type="l1", channels=1, image_size=4):
+        """The reference Diffusion around a ProbeModel (float32, CPU), cached."""
+        key = (T, schedule, loss_type, channels, image_size)
+        if key not in self._refs:
+            self._refs[key] = self.reference.Diffusion(
+                self.ProbeModel(T), image_size=image_size, channels=channels, timesteps=T,
+                schedule=schedule, loss_type=loss_type)
+        return self._refs[key]
+
+    def buffer_arrays(self, T, schedule="cosine"):
+        ref = self.ref(T, schedule)
+        return {f"buf_{n}": getattr(ref, n) for n in CONTRACT_BUFFERS}
+
+    @staticmethod
+    def failed(result, what):
+        """The verdict for a probe that did not return (error, timeout, crash)."""
+        if result.not_implemented:
+            return checks.Verdict.fail(f"{what}: not implemented ({result.error})")
+        prefix = {"timeout": "timed out", "crashed": "crashed"}.get(result.status, "raised an error")
+        return checks.Verdict.fail(f"{what}: {prefix}: {result.error}")
+
+
+def _np(v):
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().contiguous().numpy()
+    return v
+
+
+def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
+                     budget_s=DEFAULT_BUDGET_S, modules=GRADED_MODULES, cuda=None,
+                     otter_results=None):
+    """Grade `submission` (a file or a folder); returns the results.json dict. See module doc."""
+    start = time.monotonic()
+    rubrics = [(m, load_rubric(m)) for m in modules]
+    all_rubric = [t for _, r in rubrics for t in r]
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        report.write_json_atomic(out / "results.json", report.fallback_results(
+            all_rubric, "Grading did not complete (the grader stopped early); score 0."))
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    notes, tests, student_output = [], [], []
+    own = sandbox is None
+    try:
+        if own:
+            sandbox = Sandbox(hide=default_hide(out, submission), limits=limits or Limits())
+        for module, rubric in rubrics:
+            tests += _grade_module(module, rubric, submission, sandbox, start + budget_s, cuda,
+                                   notes, student_output)
+        notes += sandbox.notes
+    except Exception as exc:  # a grader failure still yields a valid zero-score result
+        notes.append(f"grading error: {type(exc).__name__}: {exc}")
+        done = {t["name"] for t in tests}
+        tests += [_test(t, False, f"not graded: {type(exc).__name__}: {exc}")
+                  for t in all_rubric if t["name"] not in done]
+    finally:
+        if own and sandbox is not None:
+            sandbox.close()
+    results = {
+        "score": round(sum(t["score"] for t in tests), 4),
+        "execution_time": round(time.monotonic() - start, 2),
+        "output": "\n".join(notes) or "Graded.",
+        "output_format": "text",
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": tests,
+    }
+    if otter_results is not None:
+        results = report.merge_otter(results, otter_results)
+    report.validate_results(results)
+    if out is not None:
+        meta = {"submission": str(submission), "notes": notes,
+                "student_output": "\n".join(dict.fromkeys(student_output))}
+        (out / "report.md").write_text(report.render_report(results, meta))
+        report.write_json_atomic(out / "results.json", results)
+    return results
+
+
+def _test(rubric_test, passed, output):
+    return {"name": rubric_test["name"], "score": float(rubric_test["points"]) if passed else 0.0,
+            "max_score": float(rubric_test["points"]), "status": "passed" if passed else "failed",
+            "output": output or ("passed" if passed else "failed"),
+            "visibility": rubric_test.get("visibility", "visible")}
+
+
+def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, student_output):
+    path, note = find_submission(submission, module.submission_file)
+    if note:
+        notes.append(note)
+    if path is None:
+        return [_test(t, False, f"not graded: {note}") for t in rubric]
+    files = {module.submission_file: path}
+    files.update({Path(g).name: ROOT / g for g in module.given})
+    sandbox.load(files)
+    implementations = load_tests(module)
+    missing = [t["id"] for t in rubric if t["id"] not in implementations]
+    if missing:
+        raise RuntimeError(f"rubric tests without an implementation: {missing}")
+    ctx = Context(sandbox, load_reference(module), deadline, cuda)
+    imported = ctx.probe("import")
+    if not imported.ok:
+        student_output += ctx.outputs
+        why = ("your file could not be imported: " + imported.error
+               + "\n  run `python -c \"import diffusion\"` in your folder to see the full error.")
+        return [_test(t, False, why) for t in rubric]
+    results = []
+    for t in rubric:
+        try:
+            verdict = implementations[t["id"]](ctx)
+        except Exception as exc:  # malformed outputs from the submission land here
+            verdict = checks.Verdict.fail(
+                f"{t['name'].split(':')[0]}: the returned values could not be checked "
+                f"({type(exc).__name__}: {exc})")
+        results.append(_test(t, verdict.passed, verdict.message))
+    student_output += ctx.outputs
+    return results
