@@ -22,7 +22,11 @@ import json
 import re
 import sys
 import time
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (setup.sh installs tomli)
+    import tomli as tomllib
 from pathlib import Path
 
 import torch

@@ -255,7 +255,7 @@ def _recv_with_deadline(sock, max_bytes, deadline):
     sock.settimeout(remaining)
     try:
         return wire.recv_msg(sock, max_payload=max_bytes)
-    except socket.timeout as exc:
+    except TimeoutError as exc:
         raise TimeoutError from exc
 
 

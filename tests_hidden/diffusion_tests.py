@@ -19,8 +19,7 @@ import math
 import torch
 
 from autograder.checks import U32, Verdict, bound, buffer_tolerance, compare
-from autograder.worker import (CONTRACT_BUFFERS, STUB_P_LOSS_VALUE, probe_noise,
-                               stub_p_sample_value)
+from autograder.worker import CONTRACT_BUFFERS, STUB_P_LOSS_VALUE, probe_noise, stub_p_sample_value
 
 TESTS = {}
 DEVICE_ERRORS = ("same device", "expected device", "two devices", "different device")
@@ -419,7 +418,7 @@ def _p_sample_expected(ctx, T, schedule, x, t_index, seed, c):
     """Reference output and its derived float32 error bound (per element)."""
     ref = ctx.ref(T, schedule, channels=c)
     z = probe_noise(seed, 0, x.shape)
-    ref.noise_like = lambda shape, device: z
+    ref.noise_like = lambda shape, device, z=z: z
     t = torch.full((x.shape[0],), t_index, dtype=torch.long)
     expected = ref.p_sample(x, t, t_index).double()
     with torch.no_grad():
@@ -572,7 +571,7 @@ def loop_end_to_end(ctx):
             return ctx.failed(r, what)
         ref = ctx.ref(T)
         draws = iter(range(T + 1))
-        ref.noise_like = lambda shape, device: probe_noise(seed, next(draws), shape)
+        ref.noise_like = lambda shape, device, d=draws, s=seed: probe_noise(s, next(d), shape)
         x = img
         err = torch.zeros_like(img, dtype=torch.float64)
         for i in reversed(range(T)):
