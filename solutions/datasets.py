@@ -36,7 +36,7 @@ FOLDER_DEFAULTS = {
 # data/ relative to where it runs, so it runs from the folder that holds data/ (DATA_ROOT.parent).
 PREPARE_COMMANDS = {
     "afhq": "python data_scripts/download_afhq.py --class {data_class} --image_size {size}",
-    "mnist": "python data_scripts/download_mnist.py --image_size {size}",
+    "mnist": "python data_scripts/prepare_mnist.py --image_size {size}",
 }
 
 # PIL modes that hold a single grey channel; everything else is read as RGB.
