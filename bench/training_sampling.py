@@ -1,0 +1,282 @@
+"""Training and sampling speed at the Colab configuration, and our sampler against diffusers.
+
+Measures, on the available device (CUDA if present, else CPU, default thread count):
+  * training steps/s: one Adam step of Diffusion(Unet) on a fixed batch (data loading excluded);
+  * sampling images/s of our `Diffusion.p_sample_loop`, and of the same reverse process driven
+    by the library DDPM scheduler of diffusers (`DDPMScheduler` given our cosine betas), with
+    the same U-Net weights. The ratio ours/diffusers should be >= 1: the U-Net dominates both,
+    so the ratio shows the overhead of the two step implementations.
+
+Before timing, it checks that the two samplers are the same algorithm: started from the same
+x_T and fed the same z at every step, they must give the same images up to float32 rounding
+(see `check_same_images` for how the tolerance is derived). A speed comparison of two
+different computations would mean nothing.
+"""
+
+import copy
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
+if str(SOLUTIONS) not in sys.path:
+    sys.path.insert(0, str(SOLUTIONS))
+
+from diffusion import Diffusion, cosine_schedule, normalize, unnormalize  # noqa: E402
+from unet import Unet  # noqa: E402
+
+# Float32 unit roundoff, the scale of one rounding error.
+EPS32 = torch.finfo(torch.float32).eps / 2
+# Allowed disagreement between two float32 implementations, in units of our own measured
+# float32 error (see check_same_images).
+TOLERANCE_FACTOR = 20.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """What is benchmarked. The defaults are the Colab run of the handout."""
+
+    image_size: int = 32
+    channels: int = 3
+    dim: int = 16
+    dim_mults: tuple = (1, 2, 4, 8)
+    batch_size: int = 32
+    timesteps: int = 50
+    learning_rate: float = 1e-3
+
+    def describe(self):
+        mults = " ".join(map(str, self.dim_mults))
+        return (f"{self.image_size}x{self.image_size}x{self.channels}, Unet dim {self.dim} "
+                f"mults {mults}, batch {self.batch_size}, T={self.timesteps}")
+
+
+COLAB = Config()
+
+
+def default_device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_diffusion(config, device, seed=0):
+    """Diffusion(Unet) with the cosine schedule and L1 loss, as main.py builds it."""
+    torch.manual_seed(seed)
+    model = Unet(config.dim, config.dim_mults, channels=config.channels)
+    diffusion = Diffusion(model, image_size=config.image_size, channels=config.channels,
+                          timesteps=config.timesteps, schedule="cosine", loss_type="l1")
+    return diffusion.to(device)
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(fn, *, warmup, repeats, device):
+    """Seconds of each of `repeats` calls of fn(), after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    seconds = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+# ---------------------------------------------------------------- training
+
+def training_steps_per_second(config=COLAB, device=None, *, steps=5, warmup=1, repeats=3):
+    """Median training steps/s: zero_grad, loss = diffusion(x_0), backward, Adam step.
+
+    One fixed random batch in [-1, 1] stands in for the data, so this measures the model and the
+    optimizer, not image loading. `warmup` untimed, then `repeats` timed calls, each running
+    `steps` consecutive steps.
+    """
+    device = torch.device(device or default_device())
+    diffusion = build_diffusion(config, device)
+    diffusion.train()
+    optimizer = torch.optim.Adam(diffusion.parameters(), lr=config.learning_rate)
+    shape = (config.batch_size, config.channels, config.image_size, config.image_size)
+    x_0 = normalize(torch.rand(shape, device=device))
+
+    def train_steps():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            loss = diffusion(x_0)
+            loss.backward()
+            optimizer.step()
+
+    seconds = time_runs(train_steps, warmup=warmup, repeats=repeats, device=device)
+    return steps / statistics.median(seconds)
+
+
+# ---------------------------------------------------------------- the two samplers
+
+def diffusers_scheduler(timesteps):
+    """diffusers' DDPMScheduler with our cosine betas, eps-prediction, x0 clipped to [-1, 1]."""
+    from diffusers import DDPMScheduler
+
+    betas = (1.0 - cosine_schedule(timesteps)).numpy()  # float64; diffusers stores float32
+    scheduler = DDPMScheduler(num_train_timesteps=timesteps, trained_betas=betas,
+                              clip_sample=True, clip_sample_range=1.0,
+                              variance_type="fixed_small", prediction_type="epsilon")
+    scheduler.set_timesteps(timesteps)  # every step: T-1, ..., 0
+    return scheduler
+
+
+@torch.no_grad()
+def diffusers_sample(model, scheduler, x_T, generator=None):
+    """The standard diffusers DDPM loop from x_T; returns images in [0, 1] like p_sample_loop.
+
+    `generator` (a CPU torch.Generator) supplies the z of each step, as scheduler.step draws it.
+    """
+    x = x_T
+    for t in scheduler.timesteps:
+        t_batch = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
+        eps = model(x, t_batch)
+        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+    return unnormalize(x)
+
+
+@contextmanager
+def noise_from(diffusion, generator):
+    """Make diffusion.noise_like draw z in float32 from a CPU `generator`, as diffusers does.
+
+    diffusers' randn_tensor draws on the generator's device in the sample's dtype and then
+    moves the result, so with the same generator state both samplers get the same z. The draw
+    is always float32 and then cast to the model's dtype, so a float64 copy sees the same values.
+    """
+    def noise_like(shape, device):
+        dtype = next(diffusion.model.parameters()).dtype
+        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+
+    diffusion.noise_like = noise_like  # an instance attribute shadows the method
+    try:
+        yield diffusion
+    finally:
+        del diffusion.noise_like
+
+
+def sample_with_seed(sample_fn, shape, seed, device):
+    """sample_fn(x_T, generator) with x_T drawn first from a fresh CPU generator (float32)."""
+    generator = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(shape, generator=generator).to(device)
+    return sample_fn(x_T, generator)
+
+
+@torch.no_grad()
+def check_same_images(diffusion, scheduler, batch_size, seed=0):
+    """Run both samplers from the same x_T with the same z sequence and compare the images.
+
+    Tolerance, derived rather than guessed: the float32 error of *our* sampler is measured by
+    running it again in float64 (same weights, same x_T and z, rounding ~1e-16), giving
+    err32 = max |ours32 - ours64|. diffusers does the same arithmetic in float32 in another
+    order, and forms abar by a float32 cumprod, so its error is of the same kind and size; two
+    such implementations agree within a small multiple of err32. We allow
+    TOLERANCE_FACTOR * max(err32, T * EPS32). A modelling difference (variance choice, no
+    clipping, an off-by-one step) is orders of magnitude larger; tests/test_bench.py shows it.
+
+    Args:
+        diffusion: our Diffusion (float32), its model shared with the diffusers loop.
+        scheduler: from diffusers_scheduler(diffusion.num_timesteps), or any DDPM scheduler.
+    Returns:
+        dict: max_abs_diff (ours vs diffusers, images in [0, 1]), err32, tolerance, same.
+    """
+    device = diffusion.alphas.device
+    T = diffusion.num_timesteps
+    shape = (batch_size, diffusion.channels, diffusion.image_size, diffusion.image_size)
+
+    def ours(d):
+        def run(x_T, generator):
+            with noise_from(d, generator):
+                return d.p_sample_loop(x_T.to(d.alphas.dtype))
+        return run
+
+    def theirs(x_T, generator):
+        return diffusers_sample(diffusion.model, scheduler, x_T, generator)
+
+    ours32 = sample_with_seed(ours(diffusion), shape, seed, device)
+    theirs32 = sample_with_seed(theirs, shape, seed, device)
+    exact = copy.deepcopy(diffusion).double()  # the same float32 numbers, widened
+    ours64 = sample_with_seed(ours(exact), shape, seed, device)
+
+    err32 = (ours32.double() - ours64).abs().max().item()
+    max_diff = (ours32 - theirs32).abs().max().item()
+    tolerance = TOLERANCE_FACTOR * max(err32, T * EPS32)
+    return {"max_abs_diff": max_diff, "err32": err32, "tolerance": tolerance,
+            "same": max_diff <= tolerance}
+
+
+# ---------------------------------------------------------------- sampling speed
+
+def sampling_images_per_second(config=COLAB, device=None, *, warmup=1, repeats=3,
+                               check_batch=8):
+    """Images/s of both samplers with the same U-Net, after checking they agree.
+
+    Timed calls alternate (ours, diffusers, ours, ...) so that load changes on a shared machine
+    hit both alike; each call samples config.batch_size images through all T steps.
+
+    Returns:
+        dict: ours and diffusers (median images/s), ratio (ours / diffusers), check (see
+        check_same_images, run on `check_batch` images first).
+    """
+    device = torch.device(device or default_device())
+    diffusion = build_diffusion(config, device).eval()
+    scheduler = diffusers_scheduler(config.timesteps)
+    check = check_same_images(diffusion, scheduler, check_batch)
+
+    shape = (config.batch_size, config.channels, config.image_size, config.image_size)
+    x_T = torch.randn(shape, device=device)
+    runs = {"ours": lambda: diffusion.p_sample_loop(x_T),
+            "diffusers": lambda: diffusers_sample(diffusion.model, scheduler, x_T)}
+    seconds = {name: [] for name in runs}
+    for fn in runs.values():
+        time_runs(fn, warmup=warmup, repeats=0, device=device)
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            seconds[name] += time_runs(fn, warmup=0, repeats=1, device=device)
+    rate = {name: config.batch_size / statistics.median(s) for name, s in seconds.items()}
+    return {**rate, "ratio": rate["ours"] / rate["diffusers"], "check": check}
+
+
+# ---------------------------------------------------------------- report
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
+    p.add_argument("--train_steps", type=int, default=5, help="training steps per timed repeat")
+    args = p.parse_args(argv)
+    device = torch.device(args.device or default_device())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+    print(f"training and sampling at the Colab configuration: {COLAB.describe()}")
+    print(f"device: {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"median of {args.repeats} repeats")
+    steps = training_steps_per_second(COLAB, device, steps=args.train_steps,
+                                      repeats=args.repeats)
+    sampling = sampling_images_per_second(COLAB, device, repeats=args.repeats)
+    check = sampling["check"]
+
+    rows = [("training", f"{steps:.2f} steps/s", f"{steps * COLAB.batch_size:.1f} images/s"),
+            ("sampling, ours", f"{sampling['ours']:.2f} images/s", ""),
+            ("sampling, diffusers DDPMScheduler", f"{sampling['diffusers']:.2f} images/s", ""),
+            ("ratio ours / diffusers", f"{sampling['ratio']:.3f}",
+             "goal >= 1" + ("" if sampling["ratio"] >= 1 else "  (NOT MET)")),
+            ("same images, same noise", "yes" if check["same"] else "NO",
+             f"max diff {check['max_abs_diff']:.1e} <= tol {check['tolerance']:.1e}"
+             if check["same"] else
+             f"max diff {check['max_abs_diff']:.1e} > tol {check['tolerance']:.1e}")]
+    width = max(len(r[0]) for r in rows)
+    for label, value, note in rows:
+        print(f"  {label:<{width}}  {value:<16} {note}".rstrip())
+    return 0 if check["same"] else 1

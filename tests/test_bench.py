@@ -1,0 +1,69 @@
+"""The benchmark's pieces on a tiny configuration: they run, and the two samplers agree."""
+
+import pytest
+import torch
+
+from bench import training_sampling as ts
+
+TINY = ts.Config(image_size=8, channels=3, dim=8, dim_mults=(1, 2), batch_size=4, timesteps=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_diffusion():
+    return ts.build_diffusion(TINY, "cpu").eval()
+
+
+def test_diffusers_scheduler_uses_our_cosine_schedule(tiny_diffusion):
+    scheduler = ts.diffusers_scheduler(TINY.timesteps)
+    # diffusers rounds beta_j to float32 and forms alpha_j = 1 - beta_j: a relative error up to
+    # EPS32 * beta_j / alpha_j (large where alpha is clipped to 0.001), plus about one rounding
+    # per product of the float32 cumprod; ours has one rounding (float64 -> float32).
+    alphas = ts.cosine_schedule(TINY.timesteps)
+    per_step = ts.EPS32 * ((1 - alphas) / alphas + 2)
+    bound = torch.cumsum(per_step, 0) + ts.EPS32
+    ours = tiny_diffusion.alphas_cumprod.double()
+    rel = (scheduler.alphas_cumprod.double() - ours).abs() / ours
+    assert (rel <= bound).all(), (rel, bound)
+    assert scheduler.timesteps.tolist() == list(reversed(range(TINY.timesteps)))
+
+
+def test_ours_and_diffusers_give_the_same_images_for_the_same_noise(tiny_diffusion):
+    check = ts.check_same_images(tiny_diffusion, ts.diffusers_scheduler(TINY.timesteps), 4)
+    assert check["same"], check
+    # The tolerance is float32-sized, far below what a modelling difference makes.
+    assert check["tolerance"] < 1e-3
+
+
+@pytest.mark.parametrize("change", [{"variance_type": "fixed_large"}, {"clip_sample": False}],
+                         ids=["variance-beta", "no-x0-clipping"])
+def test_the_check_rejects_a_different_sampler(tiny_diffusion, change):
+    from diffusers import DDPMScheduler
+
+    betas = (1.0 - ts.cosine_schedule(TINY.timesteps)).numpy()
+    settings = {"clip_sample": True, "variance_type": "fixed_small", "prediction_type": "epsilon",
+                **change}
+    other = DDPMScheduler(num_train_timesteps=TINY.timesteps, trained_betas=betas, **settings)
+    other.set_timesteps(TINY.timesteps)
+    check = ts.check_same_images(tiny_diffusion, other, 4)
+    assert not check["same"], check
+
+
+def test_the_same_noise_really_reaches_both_samplers(tiny_diffusion):
+    # Different seeds must give different images, else the agreement above would be vacuous.
+    scheduler = ts.diffusers_scheduler(TINY.timesteps)
+    shape = (4, TINY.channels, TINY.image_size, TINY.image_size)
+
+    def theirs(x_T, generator):
+        return ts.diffusers_sample(tiny_diffusion.model, scheduler, x_T, generator)
+
+    a = ts.sample_with_seed(theirs, shape, 0, "cpu")
+    b = ts.sample_with_seed(theirs, shape, 1, "cpu")
+    assert (a - b).abs().max() > 0.01
+
+
+def test_speed_functions_report_positive_rates():
+    steps = ts.training_steps_per_second(TINY, "cpu", steps=1, warmup=1, repeats=1)
+    sampling = ts.sampling_images_per_second(TINY, "cpu", warmup=0, repeats=1, check_batch=2)
+    assert steps > 0 and sampling["ours"] > 0 and sampling["diffusers"] > 0
+    assert sampling["ratio"] == pytest.approx(sampling["ours"] / sampling["diffusers"])
+    assert sampling["check"]["same"]
