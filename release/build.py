@@ -9,10 +9,14 @@ import hashlib
 import importlib.util
 import re
 import stat
-import tomllib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the release is a staff tool, 3.11+ is fine
+    tomllib = None
 
 from release.markers import MarkerError, find_markers, strip_solutions
 
@@ -56,6 +60,8 @@ def matches(path, patterns):
 
 def load_manifest(path=MANIFEST):
     """Read and check the manifest; a missing key or a bad value is a ReleaseError."""
+    if tomllib is None:
+        raise ReleaseError("python -m release needs Python 3.11 or newer (for tomllib)")
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -150,12 +156,13 @@ def build_assignment(root, manifest):
     return built
 
 
-def write_tree(files, dest):
-    """Make folder `dest` hold exactly `files` (relative path -> bytes); remove anything else."""
+def write_tree(files, dest, keep=()):
+    """Make folder `dest` hold exactly `files` (relative path -> bytes); remove anything else
+    except the files matching the globs in `keep` (a training run's results/, __pycache__)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for rel in files_under(dest):
-        if rel not in files:
+        if rel not in files and not matches(rel, keep):
             (dest / rel).unlink()
     for folder in sorted((p for p in dest.rglob("*") if p.is_dir()), reverse=True):
         if not any(folder.iterdir()):

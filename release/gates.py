@@ -312,6 +312,7 @@ def _junit_cases(path):
 
 def run_public_tests(cwd, extra_args, scratch):
     """Run `pytest tests_public` in `cwd`; return (process or None, test cases)."""
+    Path(scratch).mkdir(parents=True, exist_ok=True)
     report = Path(scratch) / "junit.xml"
     if report.exists():
         report.unlink()
@@ -371,6 +372,7 @@ def check_stubs_public(kit, scratch):
 def grade(root, submission, scratch):
     """Run `python -m autograder grade SUBMISSION --out DIR`; return (results dict, problem)."""
     out = Path(scratch) / "grade"
+    out.mkdir(parents=True, exist_ok=True)
     proc = _run([sys.executable, "-m", "autograder", "grade", str(submission), "--out", str(out)],
                 root)
     if proc is None:
@@ -396,7 +398,7 @@ def check_reference_grader(root, scratch):
                 f"{t.get('max_score')}: {str(t.get('output', '')).strip()[:300]}" for t in lost]
     if not problems and abs(float(results.get("score", total)) - total) > 1e-9:
         problems.append(f"solutions/ scores {results.get('score')} of {total}")
-    return problems
+    return problems, f"{float(results.get('score', 0)):g}/{total:g} on {len(tests)} tests"
 
 
 def check_stubs_grader(root, assignment, scratch):
@@ -411,7 +413,9 @@ def check_stubs_grader(root, assignment, scratch):
                 for t in tests if float(t.get("score", 0)) != 0]
     if not problems and float(results.get("score", 0)) != 0:
         problems.append(f"the stubs score {results.get('score')} in total")
-    return problems
+    said = sum("not implemented" in str(t.get("output", "")).lower() for t in tests)
+    return problems, (f"{float(results.get('score', 0)):g} points on {len(tests)} graded tests; "
+                      f"{said} say 'not implemented'")
 
 
 def unzip(path, dest):

@@ -120,6 +120,7 @@ def strip_solutions(text, path="<text>"):
     owners = _enclosing_functions(text)
     out, regions, outside = [], [], []
     region = None  # the open solution region
+    region_indent = ""  # its BEGIN marker's indentation
     in_stub = False
     last_closed = None  # the region closed on the previous line (a STUB may follow it)
 

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the release package, also under a bare `pytest`
 
 from release.markers import MarkerError, find_markers, strip_solutions  # noqa: E402
+
 STUDENT_FUNCTIONS = ["Diffusion.__init__", "q_sample", "p_loss", "forward", "p_sample",
                      "p_sample_loop", "sample"]
 

@@ -37,6 +37,9 @@ def tree(tmp_path):
             shutil.copytree(src, copy / name, ignore=JUNK)
         elif src.is_file():
             shutil.copy2(src, copy / name)
+    # Start from a fresh assignment/ so that only the planted change differs.
+    manifest = build.load_manifest(copy / "release" / "manifest.toml")
+    build.write_tree(build.build_assignment(copy, manifest).files, copy / "assignment")
     return copy
 
 
@@ -68,6 +71,7 @@ def test_committed_assignment_is_up_to_date_and_leak_free():
 def test_unmodified_copy_of_the_tree_passes_the_fast_gates(tree):
     problems, stale = check(tree)
     assert not failing(problems), failing(problems)
+    assert set(problems) >= {"markers", "leaks", "signatures", "stable"}
     assert stale == []
 
 
@@ -212,3 +216,15 @@ def test_full_release_end_to_end_into_a_temp_folder(tmp_path):
     written = {rel: (tmp_path / "assignment" / rel).read_bytes()
                for rel in build.files_under(tmp_path / "assignment")}
     assert written == expected
+
+
+def test_outputs_of_a_training_run_in_assignment_are_kept_and_not_called_stale(tree):
+    run = tree / "assignment" / "results" / "loss.csv"
+    run.parent.mkdir()
+    run.write_text("step,loss\n1,0.9\n")
+    problems, stale = check(tree)
+    assert stale == []
+    manifest = build.load_manifest(tree / "release" / "manifest.toml")
+    built = build.build_assignment(tree, manifest)
+    build.write_tree(built.files, tree / "assignment", keep=manifest["assignment"]["exclude"])
+    assert run.read_text() == "step,loss\n1,0.9\n"
