@@ -9,6 +9,7 @@ and cached on disk in the save folder, so each evaluation only embeds the new sa
 """
 
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +130,9 @@ class FIDEvaluator:
         mu_ref, sigma_ref = self.reference_statistics()
         mu, sigma = feature_statistics(
             image_features(images, self.feat_model, self.device, self.batch_size))
-        return float(frechet_distance(mu, sigma, mu_ref, sigma_ref))
+        with warnings.catch_warnings():  # clean-fid passes scipy's deprecated sqrtm(disp=...)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return float(frechet_distance(mu, sigma, mu_ref, sigma_ref))
 
     @torch.no_grad()
     def __call__(self, diffusion):
