@@ -1,0 +1,120 @@
+"""The engine end to end on real submissions: full marks, stub, reports, grade-all, rubric."""
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from autograder.gradebook import grade_all
+from autograder.report import merge_otter, validate_results
+from autograder.sandbox import Limits
+
+ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS = ("Diffusion.__init__", "q_sample", "q_posterior", "p_loss", "forward", "p_sample",
+             "p_sample_loop", "sample", "training")
+
+
+@pytest.fixture(scope="session")
+def graded(tmp_path_factory):
+    """grade-all over {reference, release stub}: one zygote grades both (session-wide: the
+    Gradescope test compares its own run with this one for determinism)."""
+    subs = tmp_path_factory.mktemp("subs")
+    (subs / "reference").mkdir()
+    shutil.copy(ROOT / "solutions" / "diffusion.py", subs / "reference" / "diffusion.py")
+    (subs / "stub").mkdir()
+    shutil.copy(ROOT / "assignment" / "diffusion.py", subs / "stub" / "diffusion (1).py")
+    out = tmp_path_factory.mktemp("out")
+    summary = grade_all(subs, out, jobs=1, limits=Limits())
+    return out, summary
+
+
+def load(out, name):
+    return json.loads((out / name / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_reference_solution_gets_full_marks(graded):
+    results = load(graded[0], "reference")
+    validate_results(results)
+    failing = [t["name"] + ": " + t["output"] for t in results["tests"] if t["status"] != "passed"]
+    assert not failing
+    assert results["score"] == sum(t["max_score"] for t in results["tests"]) == 100
+
+
+@pytest.mark.slow
+def test_release_stub_scores_zero_and_says_not_implemented(graded):
+    results = load(graded[0], "stub")
+    validate_results(results)
+    assert results["score"] == 0
+    assert all("not implemented" in t["output"] for t in results["tests"])
+    assert "diffusion (1).py" in results["output"]  # the renamed copy was graded, with a note
+
+
+@pytest.mark.slow
+def test_report_breaks_the_score_down_per_function_and_explains_failures(graded):
+    text = (graded[0] / "stub" / "report.md").read_text()
+    assert "**Score: 0 / 100**" in text
+    for fn in FUNCTIONS:
+        assert f"| {fn} | 0 |" in text
+    assert "not implemented" in text and "## Failing tests (26)" in text
+
+
+@pytest.mark.slow
+def test_grade_all_writes_a_gradebook_and_a_summary(graded):
+    out, summary = graded
+    rows = list(csv.DictReader(open(out / "gradebook.csv")))
+    assert {r["submission"]: float(r["score"]) for r in rows} == {"reference": 100.0, "stub": 0.0}
+    assert "Score histogram" in summary and "Most-failed tests" in summary
+    assert (out / "summary.md").read_text() == summary
+
+
+def test_rubric_gives_every_test_points_visibility_and_a_function_prefix():
+    with open(ROOT / "tests_hidden" / "rubric.toml", "rb") as f:
+        tests = tomllib.load(f)["test"]
+    from autograder.config import GRADED_MODULES
+    from autograder.grade import load_tests
+
+    implemented = load_tests(GRADED_MODULES[0])
+    assert sum(t["points"] for t in tests) == 100
+    assert {t["id"] for t in tests} == set(implemented)
+    for t in tests:
+        assert t["name"].split(": ", 1)[0] in FUNCTIONS, t["name"]
+        assert t["visibility"] in ("hidden", "after_due_date", "after_published", "visible")
+    assert len({t["name"] for t in tests}) == len(tests)
+
+
+def test_otter_results_merge_into_ours():
+    ours = {"score": 10.0, "tests": [{"name": "q_sample: x", "score": 10.0, "max_score": 10.0}]}
+    otter = {"tests": [{"name": "q1", "score": 2.0, "max_score": 3.0, "output": "",
+                        "visibility": "visible"}]}
+    merged = merge_otter(ours, otter)
+    validate_results(merged)
+    assert merged["score"] == 12.0 and merged["tests"][-1]["name"] == "notebook: q1"
+
+
+def test_zero_score_results_exist_before_grading_starts(tmp_path):
+    """Kill the grader mid-run: the results.json already there is valid and scores 0."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "autograder", "grade",
+                             str(ROOT / "solutions"), "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "results.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    results = json.loads((out / "results.json").read_text())
+    validate_results(results)
+    assert results["score"] == 0 and len(results["tests"]) == 26
+    assert all(t["status"] == "failed" for t in results["tests"])

@@ -1,0 +1,118 @@
+"""The sandbox really isolates: privileges, hidden paths, time/memory/output limits, orphans.
+
+Each test stages a small hostile "diffusion.py" whose top-level code does the hostile thing and
+prints what it managed; the grader reads only the capped output and the probe's status.
+"""
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from autograder.grade import ROOT
+from autograder.sandbox import Limits, Sandbox
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
+
+
+@pytest.fixture(scope="module")
+def secrets(tmp_path_factory):
+    d = tmp_path_factory.mktemp("grader-secrets")
+    (d / "expected.txt").write_text("the hidden answer")
+    os.chmod(d / "expected.txt", 0o600)
+    results = d / "results"
+    results.mkdir(mode=0o700)
+    return d
+
+
+@pytest.fixture(scope="module")
+def sandbox(secrets):
+    limits = Limits(timeout_s=4, address_space_mb=512, output_bytes=64 << 10)
+    with Sandbox(hide=[secrets, *ROOT.iterdir()], limits=limits) as sb:
+        yield sb
+
+
+def run(sandbox, source, **kw):
+    folder = Path(sandbox.root).parent / f"src-{time.monotonic_ns()}"
+    folder.mkdir()
+    (folder / "diffusion.py").write_text(textwrap.dedent(source))
+    sandbox.load({"diffusion.py": folder / "diffusion.py"})
+    return sandbox.probe({"probe": "import"}, **kw)
+
+
+@ROOT_ONLY
+def test_worker_runs_unprivileged_and_cannot_read_grader_files(sandbox, secrets):
+    r = run(sandbox, f"""
+        import os
+        print("uid", os.getuid())
+        for p in [{str(secrets / "expected.txt")!r}, {str(ROOT / "solutions" / "diffusion.py")!r},
+                  {str(ROOT / "tests_hidden" / "rubric.toml")!r}]:
+            try:
+                open(p).read()
+                print("READ", p)
+            except OSError as e:
+                print("DENIED", p, type(e).__name__)
+        try:
+            open({str(secrets / "results" / "results.json")!r}, "w").write("{{}}")
+            print("WROTE results")
+        except OSError:
+            print("DENIED results")
+    """)
+    assert r.ok, r.error
+    assert "uid 0" not in r.output and f"uid {os.getuid()}" not in r.output
+    assert "READ" not in r.output and "WROTE" not in r.output
+    assert r.output.count("DENIED") == 4
+    assert (ROOT / "solutions" / "diffusion.py").read_text()  # still there for the grader
+
+
+def test_infinite_loop_is_stopped_at_the_time_limit(sandbox):
+    start = time.monotonic()
+    r = run(sandbox, "while True:\n    pass\n", timeout_s=1.5)
+    assert r.status == "timeout" and "time limit" in r.error
+    assert time.monotonic() - start < 1.5 + 3
+
+
+def test_memory_hog_hits_the_memory_limit(sandbox):
+    r = run(sandbox, "x = bytearray(2 << 30)\nprint('allocated')\n")
+    assert not r.ok and "allocated" not in r.output
+    assert "MemoryError" in r.error or r.status == "crashed"
+
+
+def test_megabytes_of_output_are_capped(sandbox):
+    r = run(sandbox, "import sys\nfor _ in range(2000):\n    print('x' * 10000)\n"
+                     "sys.stdout.flush()\nprint('survived')\n")
+    assert len(r.output) < 5000 and "truncated" in r.output
+    assert r.seconds < 4
+
+
+def test_child_processes_are_killed_even_after_escaping_the_group(sandbox, tmp_path):
+    r = run(sandbox, """
+        import os, time
+        for escape in (False, True):
+            pid = os.fork()
+            if pid == 0:
+                if escape:
+                    os.setsid()
+                time.sleep(600)
+                os._exit(0)
+            print("child", pid)
+        import sys; sys.stdout.flush()
+        time.sleep(600)
+    """, timeout_s=1.5)
+    assert r.status == "timeout"
+    pids = [int(line.split()[1]) for line in r.output.splitlines() if line.startswith("child")]
+    assert len(pids) == 2
+    time.sleep(0.2)
+    for pid in pids:
+        state = Path(f"/proc/{pid}/stat")
+        assert not state.exists() or state.read_text().split(")")[1].split()[0] == "Z", pid
+
+
+def test_a_submission_that_kills_the_worker_does_not_break_the_next_probe(sandbox):
+    r = run(sandbox, "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+                     "os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert not r.ok and r.status == "crashed"
+    r = run(sandbox, "print('fine')\n")
+    assert r.ok and "fine" in r.output
