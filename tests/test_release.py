@@ -228,3 +228,41 @@ def test_outputs_of_a_training_run_in_assignment_are_kept_and_not_called_stale(t
     built = build.build_assignment(tree, manifest)
     build.write_tree(built.files, tree / "assignment", keep=manifest["assignment"]["exclude"])
     assert run.read_text() == "step,loss\n1,0.9\n"
+
+
+def _handout_commands():
+    """(script, argv) of every `python main.py ...` / `python data_scripts/...` in the handout."""
+    import re
+    import shlex
+
+    text = (ROOT / "solutions" / "README.md").read_text()
+    found = []
+    for match in re.finditer(r"python ((?:data_scripts/)?\w+\.py)([^`\n#]*)", text):
+        found.append((match.group(1), shlex.split(match.group(2))))
+    return found
+
+
+def test_handout_commands_use_flags_the_scripts_accept():
+    import importlib.util
+
+    commands = _handout_commands()
+    assert {s for s, _ in commands} >= {"main.py", "data_scripts/download_afhq.py",
+                                        "data_scripts/prepare_mnist.py"}
+    modules = {}
+    for script, argv in commands:
+        if argv == ["--help"]:
+            continue
+        if script not in modules:
+            path = ROOT / ("solutions/" + script if script == "main.py" else script)
+            spec = importlib.util.spec_from_file_location(f"_handout_{path.stem}", path)
+            modules[script] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[script])
+        module = modules[script]
+        try:
+            if script == "main.py":
+                module.build_parser().parse_args(argv)
+            else:
+                module.parse_args(argv)
+        except SystemExit as exit_:
+            pytest.fail(f"the handout's `python {script} {' '.join(argv)}` is rejected "
+                        f"(exit {exit_.code})")
