@@ -160,8 +160,9 @@ def strip_solutions(text, path="<text>"):
             elif rest == "#":
                 out.append("\n")
             else:
-                raise MarkerError(path, number, "a STUB line must be a comment ('# ' + the "
-                                                f"student's line); got {rest!r}")
+                raise MarkerError(path, number, "a STUB line must start with '# ' (then the "
+                                                "student's line) or be a lone '#'; got "
+                                                f"{rest!r}")
             continue
 
         if region is not None:  # inside a solution region

@@ -81,7 +81,7 @@ def test_file_without_markers_comes_out_unchanged():
     ("def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n    # BEGIN STUB\n"
      "    # BEGIN SOLUTION\n    # END STUB\n", 6, "inside the STUB"),
     ("def f():\n    # BEGIN SOLUTION\n    return 1\n    # END SOLUTION\n    # BEGIN STUB\n"
-     "    raise NotImplementedError\n    # END STUB\n", 6, "must be a comment"),
+     "    raise NotImplementedError\n    # END STUB\n", 6, "must start with '# '"),
     ("def f():\n    return 1\n# END STUB\n", 3, "without a matching"),
     ("def f():\n    # BEGIN SOLUTION\n    return 1\n  # END SOLUTION\n", 4, "not indented like"),
     ("# BEGIN SOLUTION\nX = 1\n# END SOLUTION\n", 1, "outside any function"),
