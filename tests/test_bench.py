@@ -1,9 +1,13 @@
 """The benchmark's pieces on a tiny configuration: they run, and the two samplers agree."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from bench import training_sampling as ts
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import training_sampling as ts  # noqa: E402
 
 TINY = ts.Config(image_size=8, channels=3, dim=8, dim_mults=(1, 2), batch_size=4, timesteps=3)
 
