@@ -653,9 +653,11 @@ def probe_meta(module, cfg, tensors, noise):
     elif method == "p_sample":
         ti = int(cfg["t_index"])
         ret = obj.p_sample(x, torch.full((b,), ti, dtype=torch.long, device="meta"), ti)
-    elif method == "p_sample_loop":
+    elif method == "p_sample_loop":  # p_sample replaced: only the loop's own tensors count
+        obj.p_sample = lambda x_, t_, i_: stub_p_sample_value(x_ + 0 * t_.reshape(-1, 1, 1, 1), i_)
         ret = obj.p_sample_loop(x)
-    elif method == "sample":
+    elif method == "sample":  # p_sample_loop replaced: only x_T's device counts
+        obj.p_sample_loop = lambda img, return_all_timesteps=False: img
         ret = obj.sample(b)
     else:
         raise ValueError(method)
