@@ -3,8 +3,9 @@
 Writes `<out>/train/<class>/*.png` (and `<out>/val/<class>/*.png` when the archive has a
 val split), every image center-cropped to a square and resized once to
 `--image_size` x `--image_size` RGB with a Lanczos filter. With the defaults this is
-`data/afhq/train/cat/`, the layout main.py reads (`--data_path data/afhq/train
---data_class cat`).
+`data/afhq/train/cat/` in the folder that holds data_scripts/ (the repository or student-kit
+root), wherever you run it from: the layout and place main.py reads by default
+(`--dataset afhq`, i.e. `--data_path ../data/afhq/train --data_class cat` from assignment/).
 
 Usage (from the repository or student-kit root):
     python data_scripts/download_afhq.py                      # download, keep cats at 32x32
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+# data/ beside data_scripts/: where datasets.py looks by default, whatever the working folder.
+DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_URL = "https://www.dropbox.com/s/t9l9o3vsx2jai3z/afhq.zip?dl=1"
 CLASSES = ("cat", "dog", "wild")
 SPLITS = ("train", "val")
@@ -46,8 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--class", dest="data_class", default="cat", choices=CLASSES,
                    help="AFHQ class to keep (default: cat)")
     p.add_argument("--image_size", type=int, default=32, help="output side in pixels (default: 32)")
-    p.add_argument("--out", type=Path, default=Path("data/afhq"),
-                   help="output folder; images go to OUT/train/CLASS/ (default: data/afhq)")
+    p.add_argument("--out", type=Path, default=DATA / "afhq",
+                   help="output folder; images go to OUT/train/CLASS/ (default: data/afhq "
+                        "beside data_scripts/)")
     p.add_argument("--url", default=DEFAULT_URL, help="where to download afhq.zip from")
     p.add_argument("--archive", type=Path, default=None,
                    help="use this local afhq.zip instead of downloading")

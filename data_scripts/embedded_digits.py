@@ -4,7 +4,8 @@ scikit-learn ships 1797 8x8 handwritten digits (values 0..16) with the library, 
 no network. They are upsampled to --image_size exactly as `--dataset digits` does in memory
 (solutions/datasets.py: bicubic interpolation on [0, 1] values, align_corners=False, then
 clamped), and written as 8-bit grayscale PNGs to `<out>/train/<digit>/<index>.png` (default
-data/digits/train/), <index> being the position in load_digits(). Use them to look at the
+data/digits/train/ in the folder that holds data_scripts/), <index> being the position in
+load_digits(). Use them to look at the
 training data or as the reference folder of an FID computation.
 
 Usage (from the repository or student-kit root):
@@ -17,11 +18,14 @@ import shutil
 import sys
 from pathlib import Path
 
+DATA = Path(__file__).resolve().parent.parent / "data"
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("data/digits"),
-                   help="output folder; images go to OUT/train/<digit>/ (default: data/digits)")
+    p.add_argument("--out", type=Path, default=DATA / "digits",
+                   help="output folder; images go to OUT/train/<digit>/ (default: data/digits "
+                        "beside data_scripts/)")
     p.add_argument("--image_size", type=int, default=32, help="output side in pixels (default: 32)")
     args = p.parse_args(argv)
     if args.image_size < 1:

@@ -3,9 +3,10 @@
 Takes --per_class images of each digit (default 300, so 3000 in all) from the MNIST training
 split, chosen at random with --seed (the same seed always gives the same images), resizes them
 once from 28x28 to --image_size (PIL bicubic), and writes 8-bit grayscale PNGs to
-`<out>/train/<digit>/<index>.png` (default data/mnist/train/), where <index> is the image's
-position in the MNIST training split. main.py reads them with
-`--dataset mnist` (or `--data_path data/mnist --data_class train`).
+`<out>/train/<digit>/<index>.png` (default data/mnist/train/ in the folder that holds
+data_scripts/, wherever you run it from), where <index> is the image's position in the MNIST
+training split. main.py reads them with `--dataset mnist` (from assignment/, the same as
+`--data_path ../data/mnist --data_class train`).
 
 Usage (from the repository or student-kit root):
     python data_scripts/prepare_mnist.py                   # downloads MNIST into data/mnist_raw
@@ -30,6 +31,8 @@ import numpy as np
 IMAGES = "train-images-idx3-ubyte"
 LABELS = "train-labels-idx1-ubyte"
 NUM_CLASSES = 10
+# data/ beside data_scripts/: where datasets.py looks by default, whatever the working folder.
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 class DataError(Exception):
@@ -38,9 +41,10 @@ class DataError(Exception):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("data/mnist"),
-                   help="output folder; images go to OUT/train/<digit>/ (default: data/mnist)")
-    p.add_argument("--raw", type=Path, default=Path("data/mnist_raw"),
+    p.add_argument("--out", type=Path, default=DATA / "mnist",
+                   help="output folder; images go to OUT/train/<digit>/ (default: data/mnist "
+                        "beside data_scripts/)")
+    p.add_argument("--raw", type=Path, default=DATA / "mnist_raw",
                    help="MNIST download folder (torchvision root) or a folder of idx files")
     p.add_argument("--per_class", type=int, default=300, help="images per digit (default: 300)")
     p.add_argument("--image_size", type=int, default=32, help="output side in pixels (default: 32)")
