@@ -48,9 +48,11 @@ HOSTILE_LIMITS = Limits(timeout_s=3.0)
 HOSTILE_BUDGET_S = 15.0
 GRACE_S = 20.0
 ORPHAN_TOKEN = "ddpm-hostile-orphan-5f1c"  # in hostile/orphan_processes.py
-FAKE_PATHS = [Path("/autograder/results/results.json"), Path("/tmp/results.json"),
-              ROOT / "results.json", ROOT / "build" / "grade" / "results.json",
-              Path.cwd() / "results.json"]
+FAKE_MARKERS = ("FAKE-RESULTS-ddpm-hostile", ORPHAN_TOKEN)  # in what the hostile files forge
+# Where a forged results.json would matter: Gradescope's path and the grader's own tree. (Other
+# processes may legitimately write there meanwhile, e.g. `make grade`; only forged content counts.)
+FAKE_PATHS = [Path("/autograder/results/results.json"), ROOT / "results.json",
+              ROOT / "build" / "grade" / "results.json", Path.cwd() / "results.json"]
 
 
 def function_of(test):
@@ -188,15 +190,17 @@ def test_mutant_loses_points_where_its_bug_is(grader, mutant):
 
 # ----------------------------------------------------------------------------- hostile
 
-def _snapshot(paths):
-    out = {}
+def _forged(paths):
+    """The paths among `paths` that hold a results.json forged by a hostile file."""
+    found = []
     for p in paths:
         try:
-            st = p.stat()
-            out[p] = (st.st_mtime_ns, st.st_size)
+            text = p.read_text(errors="replace")
         except OSError:
-            out[p] = None
-    return out
+            continue
+        if any(marker in text for marker in FAKE_MARKERS):
+            found.append(str(p))
+    return found
 
 
 def _survivors():
@@ -217,7 +221,7 @@ def test_hostile_submission_gets_no_undeserved_points(tmp_path, case):
     submission.mkdir(mode=0o700)
     shutil.copy(case.path, submission / "diffusion.py")
     out = tmp_path / "out"
-    before = _snapshot(FAKE_PATHS)
+    assert not _forged(FAKE_PATHS), "a forged results.json is already there; remove it first"
 
     start = time.monotonic()
     results = grade_submission(submission, out_dir=out, limits=HOSTILE_LIMITS,
@@ -271,7 +275,7 @@ def test_hostile_submission_gets_no_undeserved_points(tmp_path, case):
         assert len((out / "results.json").read_bytes()) < 1 << 20, "results.json over 1 MiB"
         assert len((out / "report.md").read_bytes()) < 2 << 20, "report.md over 2 MiB"
     if "fake_results" in case.checks:
-        after = _snapshot(FAKE_PATHS)
-        changed = [str(p) for p in FAKE_PATHS if after[p] != before[p]]
-        assert not changed, f"the submission wrote outside its sandbox: {changed}"
-        assert json.loads((out / "results.json").read_text()) == written
+        forged = _forged(FAKE_PATHS)
+        assert not forged, f"the submission forged a results.json outside its sandbox: {forged}"
+        for litter in _forged([Path("/tmp/results.json")]):  # harmless there; ours to clean up
+            Path(litter).unlink(missing_ok=True)

@@ -1,5 +1,5 @@
-# HOSTILE TEST DATA for the autograder: tries to fill 40 GB of memory (every page written) as soon
-# as a Diffusion is built, and implements nothing. Deserves 0; the grader must survive it.
+# HOSTILE TEST DATA for the autograder: tries to take 40 GB of memory (and to write every page)
+# as soon as a Diffusion is built, and implements nothing. Deserves 0; the grader must survive it.
 import torch
 from torch import nn
 
@@ -7,8 +7,11 @@ _HOARD = []
 
 
 def hoard(gigabytes=40):
-    for _ in range(gigabytes):
-        _HOARD.append(b"\x01" * (1 << 30))  # a new 1 GiB bytes object: every page is written
+    big = torch.empty(gigabytes * (1 << 28))  # 40 GB of float32 in one block...
+    big.fill_(1.0)                            # ...every page written
+    _HOARD.append(big)
+    for _ in range(gigabytes):                # and again, 1 GiB at a time
+        _HOARD.append(b"\x01" * (1 << 30))
 
 
 class Diffusion(nn.Module):
@@ -16,7 +19,6 @@ class Diffusion(nn.Module):
                  schedule="cosine", loss_type="l1"):
         super().__init__()
         hoard()
-        self.big = torch.ones(int(1e10))  # 40 GB more, if the first did not fail
 
     def q_sample(self, x_0, t, noise):
         hoard()
