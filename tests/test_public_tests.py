@@ -1,0 +1,103 @@
+"""The public tests (tests_public/) do what students are told: pass on the reference, fail on the
+stub with "not implemented" (never a collection error), report a broken import as a failure of
+every test, and compare with fixtures that the checked-in generator still reproduces."""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from submissions.stubs import stub_source
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLIC = ROOT / "tests_public"
+CORRECT = sorted((ROOT / "tests" / "submissions" / "correct").glob("*.py"))
+
+
+def run_public(submission, tmp_path, *extra, env=None):
+    """Run `pytest tests_public` on `submission` in a fresh interpreter; (returncode, output,
+    {test id: failure message or None})."""
+    junit = tmp_path / "junit.xml"
+    cmd = [sys.executable, "-m", "pytest", str(PUBLIC), "-p", "no:cacheprovider", "-q",
+           f"--junitxml={junit}", *extra]
+    if submission is not None:
+        cmd += ["--submission", str(submission)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    cases = {}
+    if junit.exists():
+        for case in ET.parse(junit).iter("testcase"):
+            problem = case.find("failure")
+            if problem is None:
+                problem = case.find("error")
+            name = f"{case.get('classname')}::{case.get('name')}"
+            cases[name] = None if problem is None else (problem.get("message") or "") + (problem.text or "")
+    return proc.returncode, proc.stdout + proc.stderr, cases
+
+
+def stage(tmp_path, text, name="submission"):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "diffusion.py").write_text(text)
+    return folder
+
+
+def test_public_tests_pass_on_the_reference(tmp_path):
+    code, output, cases = run_public(ROOT / "solutions", tmp_path)
+    assert code == 0, output[-3000:]
+    assert len(cases) >= 20 and all(msg is None for msg in cases.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CORRECT, ids=[p.stem for p in CORRECT])
+def test_public_tests_pass_on_correct_alternates(tmp_path, path):
+    code, output, _ = run_public(path, tmp_path)  # a file is accepted as well as a folder
+    assert code == 0, output[-3000:]
+
+
+def test_public_tests_fail_on_the_stub_saying_not_implemented(tmp_path):
+    code, output, cases = run_public(stage(tmp_path, stub_source()), tmp_path)
+    assert code == 1, f"expected test failures (exit 1), got exit {code}:\n{output[-3000:]}"
+    assert cases, output[-3000:]
+    silent = [name for name, msg in cases.items() if msg is None or "not implemented" not in msg]
+    assert not silent, f"tests that pass or fail without 'not implemented' on the stub: {silent}"
+    assert "error" not in output.splitlines()[-1], "collection or setup errors on the stub"
+
+
+def test_public_tests_report_a_broken_import_as_a_failure_of_every_test(tmp_path):
+    code, output, cases = run_public(stage(tmp_path, "import torch\ndef q_sample(:\n"), tmp_path)
+    assert code == 1, output[-3000:]
+    assert cases and all(msg and "your diffusion.py does not import" in msg and "SyntaxError" in msg
+                         for msg in cases.values()), output[-3000:]
+
+
+def test_public_tests_stop_with_a_usage_error_without_a_submission(tmp_path):
+    code, output, _ = run_public(tmp_path / "nowhere", tmp_path)
+    assert code == 4 and "does not exist" in output and "--submission" in output, output[-2000:]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, output, _ = run_public(empty, tmp_path)
+    assert code == 4 and "no diffusion.py" in output, output[-2000:]
+
+
+def test_public_tests_read_the_submission_from_the_environment(tmp_path):
+    import os
+
+    env = dict(os.environ, DDPM_SUBMISSION=str(stage(tmp_path, stub_source())))
+    code, _, cases = run_public(None, tmp_path, env=env)
+    assert code == 1 and cases and all(msg and "not implemented" in msg for msg in cases.values())
+
+
+def test_public_fixtures_are_reproduced_by_their_generator(tmp_path):
+    fresh = tmp_path / "public.npz"
+    subprocess.run([sys.executable, str(PUBLIC / "fixtures" / "generate.py"), "--out", str(fresh)],
+                   check=True, capture_output=True, timeout=120)
+    with np.load(PUBLIC / "fixtures" / "public.npz") as stored, np.load(fresh) as new:
+        assert sorted(stored.files) == sorted(new.files), "fixture keys changed: regenerate"
+        for key in stored.files:
+            a, b = stored[key], new[key]
+            assert a.dtype == b.dtype and a.shape == b.shape, key
+            # Same code and inputs: equal up to float32 rounding differences between machines.
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=(
+                f"{key} differs: run `python tests_public/fixtures/generate.py` and commit"))
