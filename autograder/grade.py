@@ -110,8 +110,19 @@ class Context:
     def __init__(self, sandbox, reference, deadline, cuda):
         self.sandbox, self.reference, self.deadline, self.cuda = sandbox, reference, deadline, cuda
         self.ProbeModel = _probe_model_class()
-        self._probes, self._refs = {}, {}
+        self._probes, self._refs, self._verdicts = {}, {}, {}
         self.outputs = []
+        self.tests = {}
+
+    def verdict(self, test_id):
+        """The verdict of another test (computed once), for tests that build on it."""
+        if test_id not in self._verdicts:
+            try:
+                self._verdicts[test_id] = self.tests[test_id](self)
+            except Exception as exc:  # malformed outputs from the submission land here
+                self._verdicts[test_id] = checks.Verdict.fail(
+                    f"the returned values could not be checked ({type(exc).__name__}: {exc})")
+        return self._verdicts[test_id]
 
     def probe(self, kind, cfg=None, arrays=None, *, key="", noise_seed=0, seed=0, timeout_s=None):
         """Run (once per submission) probe `kind` in the sandbox; `key` names the inputs."""
@@ -230,6 +241,7 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
     if missing:
         raise RuntimeError(f"rubric tests without an implementation: {missing}")
     ctx = Context(sandbox, load_reference(module), deadline, cuda)
+    ctx.tests = implementations
     imported = ctx.probe("import")
     if not imported.ok:
         student_output += ctx.outputs
@@ -238,12 +250,9 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
         return [_test(t, False, why) for t in rubric]
     results = []
     for t in rubric:
-        try:
-            verdict = implementations[t["id"]](ctx)
-        except Exception as exc:  # malformed outputs from the submission land here
-            verdict = checks.Verdict.fail(
-                f"{t['name'].split(':')[0]}: the returned values could not be checked "
-                f"({type(exc).__name__}: {exc})")
+        verdict = ctx.verdict(t["id"])
+        if not verdict.passed and verdict.message.startswith("the returned values"):
+            verdict.message = f"{t['name'].split(':')[0]}: {verdict.message}"
         results.append(_test(t, verdict.passed, verdict.message))
     student_output += ctx.outputs
     return results

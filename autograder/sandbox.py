@@ -37,7 +37,7 @@ class Limits:
     """Per-probe limits. The defaults are the ones used on Gradescope."""
 
     timeout_s: float = 20.0          # wall clock per probe
-    address_space_mb: int = 3072     # RLIMIT_AS headroom above the forked zygote's mapping
+    address_space_mb: int = 1024     # RLIMIT_AS headroom above the forked zygote's mapping
     output_bytes: int = 1 << 20      # RLIMIT_FSIZE: stdout/stderr and any file the code writes
     nproc: int = 64                  # RLIMIT_NPROC (only when running as a dedicated user)
     max_reply_bytes: int = 64 << 20  # largest reply accepted from a probe
@@ -175,11 +175,13 @@ class Sandbox:
     def _probe_once(self, header, arrays, timeout):
         lim = self.limits
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # CUDA maps tens of GB of address space: a GPU probe goes without RLIMIT_AS.
+        gpu = bool(header.get("cfg", {}).get("cuda"))
         command = {"op": "spawn", "scratch": str(self.scratch), "limits": {
             "fsize": lim.output_bytes,
             "cpu": int(timeout) + 5,
             "nproc": lim.nproc if self.user else 0,
-            "address_space": lim.address_space_mb << 20,
+            "address_space": 0 if gpu else lim.address_space_mb << 20,
         }}
         start = time.monotonic()
         try:
@@ -203,9 +205,13 @@ class Sandbox:
                 result.not_implemented = bool(reply.get("not_implemented"))
                 where = f" ({reply['where']})" if reply.get("where") else ""
                 result.error = f"{reply.get('error_type', 'Error')}: {reply.get('message', '')}{where}"
+                if reply.get("error_type") == "MemoryError":
+                    result.error += (f"; it ran out of memory (the memory limit is "
+                                     f"{lim.address_space_mb} MB)")
         except TimeoutError:
             result = ProbeResult(False, status="timeout",
-                                 error=f"did not finish within {timeout:g} s (time limit)")
+                                 error=f"did not finish within {timeout:g} s (time limit)"
+                                       + _memory_note(pid))
         except (wire.WireError, OSError, ValueError) as exc:
             result = ProbeResult(False, status="crashed",
                                  error=f"the worker process ended without a result ({exc})")
@@ -264,6 +270,16 @@ def _killpg(pid):
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError, OSError):
         pass
+
+
+def _memory_note(pid):
+    """A few words on the memory a timed-out probe was using (its resident set)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return ""
+    return f"; it was using {rss_kb / 1024:.0f} MB of memory" if rss_kb > 1 << 20 else ""
 
 
 def _read_head(path, limit):

@@ -381,6 +381,16 @@ def forward_returns_loss(ctx):
     return Verdict.ok()
 
 
+def requires(ctx, test_id, what):
+    """Shape and device checks count only for a function that computes the right values, so a
+    submission returning zeros of the right shape on the right device earns nothing."""
+    v = ctx.verdict(test_id)
+    if v.passed:
+        return None
+    return Verdict.fail(f"{what}: not checked: this counts only once the function's values are "
+                        f"right, and this failed first:\n{v.message}")
+
+
 def _meta(ctx, method, what, **cfg):
     T = cfg.pop("T", 10)
     r = ctx.probe("meta", dict({"T": T, "method": method, "channels": 1, "image_size": 4}, **cfg),
@@ -409,6 +419,9 @@ def _meta(ctx, method, what, **cfg):
 
 @graded("forward_device")
 def forward_device(ctx):
+    gate = requires(ctx, "forward_returns_loss", "forward (everything on device 'meta')")
+    if gate:
+        return gate
     return _meta(ctx, "forward", "forward (everything on device 'meta')")
 
 
@@ -491,6 +504,9 @@ def p_sample_clamp(ctx):
 
 @graded("p_sample_device")
 def p_sample_device(ctx):
+    gate = requires(ctx, "p_sample_noise", "p_sample (everything on device 'meta')")
+    if gate:
+        return gate
     for t_index in (5, 0):
         v = _meta(ctx, "p_sample", f"p_sample (t_index={t_index}, everything on device 'meta')",
                   t_index=t_index)
@@ -606,6 +622,9 @@ def _p_sample_expected_state(ctx, ref, x, i):
 
 @graded("loop_device")
 def loop_device(ctx):
+    gate = requires(ctx, "loop_output", "p_sample_loop (T=3, everything on device 'meta')")
+    if gate:
+        return gate
     return _meta(ctx, "p_sample_loop", "p_sample_loop (T=3, everything on device 'meta')", T=3)
 
 
@@ -639,6 +658,9 @@ def sample_start(ctx):
 
 @graded("sample_device")
 def sample_device(ctx):
+    gate = requires(ctx, "sample_start", "sample (model on device 'meta')")
+    if gate:
+        return gate
     return _meta(ctx, "sample", "sample (model on device 'meta')", T=3)
 
 
@@ -690,8 +712,12 @@ def training_loss(ctx):
 
 @graded("training_sample")
 def training_sample(ctx):
-    r = _training(ctx)
     what = "training: sample(4) from the trained U-Net"
+    for gate_id in ("sample_start", "loop_output"):
+        gate = requires(ctx, gate_id, what)
+        if gate:
+            return gate
+    r = _training(ctx)
     if not r.ok:
         return ctx.failed(r, what)
     s = torch.from_numpy(r.arrays["samples"]).double()
