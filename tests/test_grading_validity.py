@@ -9,7 +9,8 @@ Graded with the engine's in-process API (autograder.grade.grade_submission):
   only (any point lost there already puts the total below full marks);
 - each file of tests/submissions/hostile/ (see hostile_cases.py): a valid results.json, no
   undeserved points, a message, within the time budget, in a fresh sandbox with its own out dir,
-  as `python -m autograder grade` does.
+  as `python -m autograder grade` does. Those that implement nothing face every test; copies of
+  the reference that misbehave in some functions face the tests of the functions they name.
 """
 
 import dataclasses
@@ -223,9 +224,14 @@ def test_hostile_submission_gets_no_undeserved_points(tmp_path, case):
     out = tmp_path / "out"
     assert not _forged(FAKE_PATHS), "a forged results.json is already there; remove it first"
 
+    # "nothing" cases face every test; a "partial" one only the tests its verdict is about (any
+    # point lost there already puts the total below full marks).
+    modules, rubric = GRADED_MODULES, FULL_RUBRIC
+    if case.deserves == "partial":
+        modules, rubric = rubric_only(set(case.zero) | set(case.full), tmp_path)
     start = time.monotonic()
     results = grade_submission(submission, out_dir=out, limits=HOSTILE_LIMITS,
-                               budget_s=HOSTILE_BUDGET_S)
+                               budget_s=HOSTILE_BUDGET_S, modules=modules)
     elapsed = time.monotonic() - start
 
     if "orphans" in case.checks:
@@ -240,7 +246,7 @@ def test_hostile_submission_gets_no_undeserved_points(tmp_path, case):
         time.sleep(max(0.0, 2.5 - (time.monotonic() - start - elapsed)))  # past their 1.5 s
 
     written = json.loads((out / "results.json").read_text())
-    check_schema(written, FULL_RUBRIC)
+    check_schema(written, rubric)
     assert written["score"] == results["score"] and scores(written) == scores(results), (
         "results.json in the out folder is not the grader's verdict")
     assert elapsed <= HOSTILE_BUDGET_S + GRACE_S, (
@@ -252,7 +258,7 @@ def test_hostile_submission_gets_no_undeserved_points(tmp_path, case):
     if case.deserves == "nothing":
         assert results["score"] == 0, f"{case.file} ({case.why}) got points:\n{table(results)}"
     else:
-        assert results["score"] < FULL_MARKS
+        assert results["score"] < sum(float(t["points"]) for t in rubric)
         for prefix in case.zero:
             assert by_function.get(prefix), f"no graded test of {prefix}"
             got = [t for t in by_function[prefix] if t["score"] > 0]
