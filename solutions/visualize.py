@@ -65,7 +65,7 @@ def backward_process(diffusion, x_start, steps):
 
 def save_process_figure(states, labels, path, title):
     """One column per state (the batch as a grid), titled with its label."""
-    fig, axes = plt.subplots(1, len(states), figsize=(2.0 * len(states), 2.0 * 4 + 0.6))
+    fig, axes = plt.subplots(1, len(states), figsize=(2.2 * len(states), 2.9))
     for ax, state, label in zip(axes, states, labels, strict=True):
         grid = make_grid(state.float().cpu(), nrow=max(1, int(math.ceil(len(state) / 4))),
                          padding=1, pad_value=1.0)

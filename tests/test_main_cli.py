@@ -15,7 +15,8 @@ SOLUTIONS = Path(main.__file__).resolve().parent
 FLAGS = ["--data_path", "--data_class", "--save_folder", "--load_path", "--image_size",
          "--batch_size", "--train_steps", "--time_steps", "--unet_dim", "--unet_dim_mults",
          "--learning_rate", "--save_and_sample_every", "--fid", "--visualize", "--dataset",
-         "--schedule", "--loss", "--device", "--seed", "--wandb"]
+         "--schedule", "--loss", "--device", "--seed", "--wandb", "--threads", "--num_samples",
+         "--fid_num_samples"]
 
 
 def run_main(*args):
@@ -53,6 +54,7 @@ def test_a_bad_flag_exits_with_status_2_and_a_usage_message():
     (["--dataset", "folder"], "--dataset folder needs --data_path"),
     (["--load_path", "no/such/model.pt"], "does not exist"),
     (["--device", "tpu"], "--device"),
+    (["--threads", "0"], "--threads must be a positive integer"),
 ])
 def test_bad_flags_are_rejected_with_a_clear_message(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -159,3 +159,18 @@ def test_digits_dataset_is_in_minus_one_one_at_the_requested_size():
     assert channels == 1 and images.shape == (1797, 1, 16, 16)
     assert images.min() >= -1 and images.max() <= 1
     assert images.min() == -1 and images.max() > 0.9  # black background, bright strokes
+
+
+def test_main_resumes_from_a_checkpoint_with_its_model_settings(tmp_path, capsys):
+    common = ["--save_folder", str(tmp_path), "--device", "cpu", "--batch_size", "8",
+              "--num_samples", "4", "--save_and_sample_every", "2"]
+    main.main(["--image_size", "8", "--unet_dim", "8", "--unet_dim_mults", "1", "2",
+               "--time_steps", "5", "--train_steps", "2", *common])
+    # The model flags are left out here: they come from the checkpoint.
+    main.main(["--load_path", str(tmp_path / "model-2.pt"), "--train_steps", "4", *common])
+    assert "resumed from" in capsys.readouterr().out
+    ckpt = load_checkpoint(tmp_path / "model-4.pt")
+    assert ckpt["step"] == 4
+    assert (ckpt["config"]["image_size"], ckpt["config"]["unet_dim"],
+            ckpt["config"]["time_steps"]) == (8, 8, 5)
+    assert [s for s, _ in read_losses(tmp_path / "loss.csv")] == [1, 2, 3, 4]
