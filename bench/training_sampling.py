@@ -14,6 +14,7 @@ different computations would mean nothing.
 """
 
 import copy
+import os
 import statistics
 import sys
 import time
@@ -255,28 +256,37 @@ def main(argv=None):
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the median is reported")
     p.add_argument("--train_steps", type=int, default=5, help="training steps per timed repeat")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device or default_device())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
     print(f"training and sampling at the Colab configuration: {COLAB.describe()}")
     print(f"device: {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
-          f"median of {args.repeats} repeats")
+          f"median of {args.repeats} repeats", flush=True)
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if device.type == "cpu" and load > cores - 0.5:
+        # Busy cores make every multi-threaded op wait for a descheduled thread.
+        hint = " (try --threads 1 on a shared machine)" if torch.get_num_threads() > 1 else ""
+        print(f"  warning: load average {load:.1f} on {cores} cores; CPU timings will be slow "
+              f"and noisy{hint}", flush=True)
+
+    def row(label, value, note=""):
+        print(f"  {label:<34} {value:<16} {note}".rstrip(), flush=True)
+
     steps = training_steps_per_second(COLAB, device, steps=args.train_steps,
                                       repeats=args.repeats)
+    row("training", f"{steps:.2f} steps/s", f"{steps * COLAB.batch_size:.1f} images/s")
     sampling = sampling_images_per_second(COLAB, device, repeats=args.repeats)
     check = sampling["check"]
-
-    rows = [("training", f"{steps:.2f} steps/s", f"{steps * COLAB.batch_size:.1f} images/s"),
-            ("sampling, ours", f"{sampling['ours']:.2f} images/s", ""),
-            ("sampling, diffusers DDPMScheduler", f"{sampling['diffusers']:.2f} images/s", ""),
-            ("ratio ours / diffusers", f"{sampling['ratio']:.3f}",
-             "goal >= 1" + ("" if sampling["ratio"] >= 1 else "  (NOT MET)")),
-            ("same images, same noise", "yes" if check["same"] else "NO",
-             f"max diff {check['max_abs_diff']:.1e} <= tol {check['tolerance']:.1e}"
-             if check["same"] else
-             f"max diff {check['max_abs_diff']:.1e} > tol {check['tolerance']:.1e}")]
-    width = max(len(r[0]) for r in rows)
-    for label, value, note in rows:
-        print(f"  {label:<{width}}  {value:<16} {note}".rstrip())
+    row("sampling, ours", f"{sampling['ours']:.2f} images/s")
+    row("sampling, diffusers DDPMScheduler", f"{sampling['diffusers']:.2f} images/s")
+    row("ratio ours / diffusers", f"{sampling['ratio']:.3f}",
+        "goal >= 1" + ("" if sampling["ratio"] >= 1 else "  (NOT MET)"))
+    relation = "<=" if check["same"] else ">"
+    row("same images, same noise", "yes" if check["same"] else "NO",
+        f"max diff {check['max_abs_diff']:.1e} {relation} tolerance {check['tolerance']:.1e}")
     return 0 if check["same"] else 1

@@ -12,6 +12,16 @@ from bench import training_sampling as ts  # noqa: E402
 TINY = ts.Config(image_size=8, channels=3, dim=8, dim_mults=(1, 2), batch_size=4, timesteps=3)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Ops this small gain nothing from threads, and on a busy machine every multi-threaded op
+    # waits for a descheduled thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_diffusion():
     return ts.build_diffusion(TINY, "cpu").eval()
