@@ -81,3 +81,5 @@ def test_speed_functions_report_positive_rates():
     assert steps > 0 and sampling["ours"] > 0 and sampling["diffusers"] > 0
     assert sampling["ratio"] == pytest.approx(sampling["ours"] / sampling["diffusers"])
     assert sampling["check"]["same"]
+    overhead = ts.sampler_overhead_ms(TINY, "cpu", repeats=1)
+    assert overhead["ours"] > 0 and overhead["diffusers"] > 0
