@@ -58,7 +58,9 @@ def parse_args(argv=None):
     p.add_argument("--download_to", type=Path, default=None,
                    help="where to save the downloaded zip (default: OUT/../afhq.zip)")
     p.add_argument("--sha256", default=None, help="expected SHA-256 of the archive (optional)")
-    p.add_argument("--force", action="store_true", help="redo even if the output is complete")
+    p.add_argument("--force", action="store_true",
+                   help="prepare the images again even if they are complete (the downloaded "
+                        "zip is reused; delete it to download again)")
     args = p.parse_args(argv)
     if args.image_size < 1:
         p.error(f"--image_size must be positive, got {args.image_size}")
@@ -182,7 +184,7 @@ def prepare(args):
     archive_path = args.archive
     if archive_path is None:
         archive_path = args.download_to or args.out.parent / "afhq.zip"
-        if not archive_path.is_file() or args.force:
+        if not archive_path.is_file():  # --force re-extracts; delete the zip to re-download
             print(f"downloading AFHQ from {args.url}")
             download(args.url, archive_path)
         else:
