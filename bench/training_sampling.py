@@ -308,7 +308,7 @@ def main(argv=None):
     print(f"device: {name}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"median of {args.repeats} repeats", flush=True)
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if device.type == "cpu" and load > cores - 0.5:
+    if device.type == "cpu" and load > cores:
         # Busy cores make every multi-threaded op wait for a descheduled thread.
         hint = " (try --threads 1 on a shared machine)" if torch.get_num_threads() > 1 else ""
         print(f"  warning: load average {load:.1f} on {cores} cores; CPU timings will be slow "
