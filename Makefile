@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 SUBMISSION ?= solutions
 OUT ?= build/grade
 JOBS ?= 2
-TRAIN_ARGS ?= --train_steps 3000 --save_and_sample_every 1000 --save_folder ../build/train
+# A CPU demo that shows recognizable digits in ~7 minutes on 2 cores (main.py's defaults are Colab's).
+TRAIN_ARGS ?= --image_size 16 --unet_dim_mults 1 2 4 --threads 1 --train_steps 3000 \
+	--save_and_sample_every 1000 --save_folder ../build/train
 
 .PHONY: setup test grade grade-all release train bench lint clean
 

@@ -21,16 +21,6 @@ from trainer import Trainer
 INCEPTION_FILE = Path("/tmp/inception-2015-12-05.pt")  # where clean-fid keeps the weights
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    # Tiny models run fastest on one thread; with several threads on a busy 2-core machine the
-    # threads of each small op wait for one another (tens of times slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class PooledIntensity(nn.Module):
     """(B, 3, 299, 299) in [0, 255] -> (B, 12): mean of each channel over a 2x2 grid of cells."""
 

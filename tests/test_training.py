@@ -15,15 +15,6 @@ from trainer import Trainer, load_checkpoint
 from visualize import backward_process, forward_process, paper_steps
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    # Tiny models run fastest on one thread; with several threads on a busy 2-core machine the
-    # threads of each small op wait for one another (tens of times slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 TINY = dict(image_size=8, unet_dim=8, unet_dim_mults=[1, 2], time_steps=10,
             schedule="cosine", loss="l1")
 

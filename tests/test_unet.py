@@ -5,16 +5,6 @@ import torch
 from unet import Unet
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    # Tiny models run fastest on one thread; with several threads on a busy 2-core machine the
-    # threads of each small op wait for one another (tens of times slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("dim_mults", [(1, 2), (1, 2, 4, 8)])
 def test_unet_output_has_the_input_shape(channels, dim_mults):
