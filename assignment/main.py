@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
-from datasets import DATASETS, DatasetError, load_dataset, resolve_folder
+
 from diffusion import LOSSES, SCHEDULES, Diffusion, unnormalize
+from image_data import DATASETS, DatasetError, load_dataset, resolve_folder
 from trainer import Trainer, load_checkpoint
 from unet import Unet
 
@@ -80,6 +81,9 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--device", default=None,
                        help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    train.add_argument("--threads", type=int, default=None,
+                       help="CPU threads of PyTorch (default: PyTorch's, usually one per core); "
+                            "1 is often fastest for small models or on a busy machine")
 
     out = p.add_argument_group("outputs")
     out.add_argument("--save_folder", default="./results",
@@ -132,6 +136,8 @@ def parse_args(argv=None):
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be a positive integer, got {args.threads}")
     if args.train_steps < 0:
         parser.error(f"--train_steps must be >= 0, got {args.train_steps}")
     if args.learning_rate <= 0:
@@ -221,6 +227,8 @@ def make_wandb_logger(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     save_folder = Path(args.save_folder)
 

@@ -13,8 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from diffusion import unnormalize  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
+
+from diffusion import unnormalize  # noqa: E402
 
 FRACTIONS = (0.0, 0.25, 0.50, 0.75, 0.99)
 
@@ -65,7 +66,7 @@ def backward_process(diffusion, x_start, steps):
 
 def save_process_figure(states, labels, path, title):
     """One column per state (the batch as a grid), titled with its label."""
-    fig, axes = plt.subplots(1, len(states), figsize=(2.0 * len(states), 2.0 * 4 + 0.6))
+    fig, axes = plt.subplots(1, len(states), figsize=(2.2 * len(states), 2.9))
     for ax, state, label in zip(axes, states, labels, strict=True):
         grid = make_grid(state.float().cpu(), nrow=max(1, int(math.ceil(len(state) / 4))),
                          padding=1, pad_value=1.0)

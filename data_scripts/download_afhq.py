@@ -31,7 +31,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-# data/ beside data_scripts/: where datasets.py looks by default, whatever the working folder.
+# data/ beside data_scripts/: where image_data.py looks by default, whatever the working folder.
 DATA = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_URL = "https://www.dropbox.com/s/t9l9o3vsx2jai3z/afhq.zip?dl=1"
 CLASSES = ("cat", "dog", "wild")

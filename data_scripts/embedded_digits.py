@@ -2,7 +2,7 @@
 
 scikit-learn ships 1797 8x8 handwritten digits (values 0..16) with the library, so this needs
 no network. They are upsampled to --image_size exactly as `--dataset digits` does in memory
-(solutions/datasets.py: bicubic interpolation on [0, 1] values, align_corners=False, then
+(solutions/image_data.py: bicubic interpolation on [0, 1] values, align_corners=False, then
 clamped), and written as 8-bit grayscale PNGs to `<out>/train/<digit>/<index>.png` (default
 data/digits/train/ in the folder that holds data_scripts/), <index> being the position in
 load_digits(). Use them to look at the
@@ -46,7 +46,7 @@ def upsampled_digits(image_size):
 
     digits = load_digits()
     pixels = torch.from_numpy(digits.images).float() / 16.0  # values 0..16 -> [0, 1]
-    # Same call as load_digits_dataset in datasets.py, so the PNGs match the training tensors.
+    # Same call as load_digits_dataset in image_data.py, so the PNGs match the training tensors.
     images = F.interpolate(pixels[:, None], size=(image_size, image_size), mode="bicubic",
                            align_corners=False, antialias=image_size < 8)
     return images.clamp(0.0, 1.0)[:, 0], digits.target

@@ -31,7 +31,7 @@ import numpy as np
 IMAGES = "train-images-idx3-ubyte"
 LABELS = "train-labels-idx1-ubyte"
 NUM_CLASSES = 10
-# data/ beside data_scripts/: where datasets.py looks by default, whatever the working folder.
+# data/ beside data_scripts/: where image_data.py looks by default, whatever the working folder.
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 
 import torch
-from datasets import DATASETS, DatasetError, load_dataset, resolve_folder
+
 from diffusion import LOSSES, SCHEDULES, Diffusion, unnormalize
+from image_data import DATASETS, DatasetError, load_dataset, resolve_folder
 from trainer import Trainer, load_checkpoint
 from unet import Unet
 

@@ -13,8 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from diffusion import unnormalize  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
+
+from diffusion import unnormalize  # noqa: E402
 
 FRACTIONS = (0.0, 0.25, 0.50, 0.75, 0.99)
 

@@ -169,7 +169,7 @@ def test_mnist_too_few_examples_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow  # about 4 s: imports torch and scikit-learn in a subprocess
 def test_embedded_digits_export_matches_the_in_memory_dataset(tmp_path):
-    from datasets import load_digits_dataset  # solutions/, on sys.path via conftest
+    from image_data import load_digits_dataset  # solutions/, on sys.path via conftest
 
     out = tmp_path / "digits"
     result = run_script("embedded_digits.py", "--out", out, "--image_size", 12, cwd=tmp_path)

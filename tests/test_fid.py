@@ -7,15 +7,16 @@ bicubic to 299x299, values in [0, 255]); only the network differs.
 import csv
 from pathlib import Path
 
-import main
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from datasets import load_dataset
+from torch import nn
+
+import main
 from diffusion import unnormalize
 from fid import FIDEvaluator, FIDUnavailableError, inception_feature_extractor
-from torch import nn
+from image_data import load_dataset
 from trainer import Trainer
 
 INCEPTION_FILE = Path("/tmp/inception-2015-12-05.pt")  # where clean-fid keeps the weights

@@ -5,11 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import main
 import pytest
 import torch
-from datasets import DatasetError, load_dataset
 from PIL import Image
+
+import main
+from image_data import DatasetError, load_dataset
 
 SOLUTIONS = Path(main.__file__).resolve().parent
 FLAGS = ["--data_path", "--data_class", "--save_folder", "--load_path", "--image_size",

@@ -6,14 +6,14 @@ Everything runs on the CPU with a tiny model (8x8 images, U-Net width 8, two lev
 import csv
 import math
 
-import main
 import pytest
 import torch
-from datasets import load_dataset
 from PIL import Image
+
+import main
+from image_data import load_dataset
 from trainer import Trainer, load_checkpoint
 from visualize import backward_process, forward_process, paper_steps
-
 
 TINY = dict(image_size=8, unet_dim=8, unet_dim_mults=[1, 2], time_steps=10,
             schedule="cosine", loss="l1")

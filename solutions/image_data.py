@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusion import normalize
 from PIL import Image
 from torch.utils.data import Dataset, TensorDataset
 from torchvision.transforms.functional import pil_to_tensor
+
+from diffusion import normalize
 
 # data/ next to the homework folder (solutions/ or assignment/).
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
