@@ -168,7 +168,7 @@ def _hide_and_drop(user, hide):
         else:
             # MS_REC | MS_PRIVATE on /: our mounts stay ours.
             libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None)
-            notes += _expose_python(libc, user)
+            notes += _cover_all_but(libc, [sys.prefix, sys.base_prefix, os.getcwd()])
             for path in hide:
                 p = os.fsencode(path)
                 if os.path.isdir(path):
@@ -192,32 +192,41 @@ def _hide_and_drop(user, hide):
     return notes
 
 
-def _expose_python(libc, user):
-    """Make the interpreter's own tree reachable for `user` when an ancestor is private (e.g. a
-    pyenv under /root, mode 700): an empty tmpfs (mode 711) replaces that ancestor and only the
-    interpreter's tree is bound back into it, so the rest of the ancestor stays invisible."""
-    import tempfile
+# Top-level folders the interpreter and torch need; every other one is covered (allowlist, so a
+# second checkout of the grader elsewhere on the machine is as invisible as the first).
+SYSTEM_DIRS = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc", "sys"}
+
+
+def _cover_all_but(libc, keep):
+    """Cover every non-system top-level folder with an empty tmpfs, then bind `keep` back.
+
+    `keep`: the interpreter's prefixes and the sandbox folder. Each is opened (O_PATH) before the
+    covering and bound back through /proc/self/fd, so nothing else under, e.g., /root, /work, /tmp
+    or /autograder stays reachable; /tmp becomes a private, empty tmpfs.
+    """
+    import ctypes
 
     notes = []
-    for prefix in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}):
-        parts = prefix.split(os.sep)
-        blocked = None
-        for i in range(2, len(parts)):
-            ancestor = os.sep.join(parts[:i])
-            if user and not os.stat(ancestor).st_mode & 0o001:
-                blocked = ancestor
-                break
-        if blocked is None:
+    handles = {k: os.open(k, os.O_PATH) for k in sorted({os.path.realpath(k) for k in keep})}
+    for entry in sorted(os.listdir("/")):
+        top = "/" + entry
+        if entry in SYSTEM_DIRS or os.path.islink(top) or not os.path.isdir(top):
             continue
-        stage = tempfile.mkdtemp(dir=".")
-        if libc.mount(os.fsencode(prefix), os.fsencode(stage), None, 0x1000 | 0x4000, None):
-            notes.append(f"could not expose {prefix}")
-            continue
-        libc.mount(b"tmpfs", os.fsencode(blocked), b"tmpfs", 0x2, b"size=64k,mode=711")
-        os.makedirs(prefix, mode=0o711)
-        libc.mount(os.fsencode(stage), os.fsencode(prefix), None, 0x1000 | 0x4000, None)
-        libc.umount2(os.fsencode(stage), 2)  # MNT_DETACH
-        os.rmdir(stage)
+        # torch's import needs a writable temp folder: a private, capped /tmp.
+        options = b"size=64m,mode=1777" if top == "/tmp" else b"size=64k,mode=711"
+        if libc.mount(b"tmpfs", os.fsencode(top), b"tmpfs", 0x2 | 0x4, options) != 0:  # NOSUID NODEV
+            notes.append(f"could not cover {top} (errno {ctypes.get_errno()})")
+    for path, fd in handles.items():
+        try:
+            visible = os.path.samestat(os.stat(path), os.fstat(fd))
+        except OSError:
+            visible = False
+        if not visible:
+            os.makedirs(path, mode=0o711, exist_ok=True)
+            if libc.mount(os.fsencode(f"/proc/self/fd/{fd}"), os.fsencode(path), None,
+                          0x1000 | 0x4000, None) != 0:  # MS_BIND | MS_REC
+                notes.append(f"could not expose {path} (errno {ctypes.get_errno()})")
+        os.close(fd)
     return notes
 
 

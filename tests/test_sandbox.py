@@ -67,6 +67,30 @@ def test_worker_runs_unprivileged_and_cannot_read_grader_files(sandbox, secrets)
     assert (ROOT / "solutions" / "diffusion.py").read_text()  # still there for the grader
 
 
+@ROOT_ONLY
+def test_worker_sees_no_world_readable_file_outside_python_and_its_folder(sandbox, tmp_path):
+    # A second checkout of the grader (e.g. CI's clone beside the developers' one) is not in the
+    # hide list; only the allowlist of system folders, Python and the sandbox stays reachable.
+    stray = tmp_path / "another-checkout" / "tests_hidden"
+    stray.mkdir(parents=True)
+    (stray / "rubric.toml").write_text("world-readable copy")
+    os.chmod(stray / "rubric.toml", 0o644)
+    for d in (stray, stray.parent, tmp_path):
+        os.chmod(d, 0o755)
+    r = run(sandbox, f"""
+        import os
+        try:
+            print("READ", open({str(stray / "rubric.toml")!r}).read())
+        except OSError as e:
+            print("DENIED", type(e).__name__)
+        print("TMP", sorted(os.listdir("/tmp")))
+    """)
+    assert r.ok, r.error
+    assert "DENIED" in r.output and "READ" not in r.output
+    # /tmp is the worker's own: the host's temporary files (this test's among them) are not there.
+    assert tmp_path.parts[1] != "tmp" or tmp_path.parts[2] not in r.output
+
+
 def test_infinite_loop_is_stopped_at_the_time_limit(sandbox):
     start = time.monotonic()
     r = run(sandbox, "while True:\n    pass\n", timeout_s=1.5)
