@@ -7,7 +7,7 @@ Graded with the engine's in-process API (autograder.grade.grade_submission):
 - each mutant of tests/submissions/mutants.py: below full marks, losing points in a test of the
   function its `loses` names; to keep the suite fast, a mutant is graded on those functions' tests
   only (any point lost there already puts the total below full marks);
-- each file of tests/submissions/hostile/ (see hostile_cases.py): a valid results.json, no
+- each hostile case (tests/submissions/hostile_cases.py): a valid results.json, no
   undeserved points, a message, within the time budget, in a fresh sandbox with its own out dir,
   as `python -m autograder grade` does. Those that implement nothing face every test; copies of
   the reference that misbehave in some functions face the tests of the functions they name.
@@ -16,7 +16,6 @@ Graded with the engine's in-process API (autograder.grade.grade_submission):
 import dataclasses
 import json
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -220,7 +219,7 @@ def test_hostile_submission_gets_no_undeserved_points(tmp_path, case):
     tmp_path.chmod(0o700)
     submission = tmp_path / "submission"
     submission.mkdir(mode=0o700)
-    shutil.copy(case.path, submission / "diffusion.py")
+    (submission / "diffusion.py").write_text(case.source())
     out = tmp_path / "out"
     assert not _forged(FAKE_PATHS), "a forged results.json is already there; remove it first"
 
