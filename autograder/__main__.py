@@ -35,6 +35,8 @@ def main(argv=None):
         results = grade_submission(args.submission, args.out, limits=limits, otter_results=otter)
         total = sum(t["max_score"] for t in results["tests"])
         print(f"score {results['score']:g} / {total:g}  ({results['execution_time']:.1f} s)")
+        if results.get("output"):  # e.g. a wrong path or no diffusion.py: say so here too
+            print(results["output"].strip())
         print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
         return 0
     from .gradebook import grade_all

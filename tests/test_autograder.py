@@ -118,3 +118,13 @@ def test_zero_score_results_exist_before_grading_starts(tmp_path):
     validate_results(results)
     assert results["score"] == 0 and len(results["tests"]) == 26
     assert all(t["status"] == "failed" for t in results["tests"])
+
+
+def test_cli_names_a_missing_submission_on_the_terminal_and_still_writes_results(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", str(tmp_path / "typo"),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "score 0 / 100" in proc.stdout and "typo does not exist" in proc.stdout
+    validate_results(json.loads((out / "results.json").read_text()))
