@@ -2,11 +2,14 @@
 bug in a test named after it, and gives no undeserved points to hostile submissions.
 
 Graded with the engine's in-process API (autograder.grade.grade_submission):
-- the reference (twice: grading is deterministic) and the correct alternates: full marks;
+- the reference (twice: grading is deterministic) and every correct implementation
+  (tests/submissions/correct_forms.py and correct/), each graded twice: full marks;
 - the release stub: 0 on every test, each saying "not implemented";
-- each mutant of tests/submissions/mutants.py: below full marks, losing points in a test of the
-  function its `loses` names; to keep the suite fast, a mutant is graded on those functions' tests
-  only (any point lost there already puts the total below full marks);
+- each mutant of tests/submissions/mutants.py (one bug in one function), graded with the whole
+  rubric but the integration tests: it loses points in a test of its function and in no test of
+  another function ("one bug, one place"); its messages say what it returned where that is the
+  bug; and every test's margin (tests/margins.py) is at least 10;
+- the rubric: integration tests are named "integration: ..." and carry at most 10 % of the points;
 - each hostile case (tests/submissions/hostile_cases.py): a valid results.json, no
   undeserved points, a message, within the time budget, in a fresh sandbox with its own out dir,
   as `python -m autograder grade` does. Those that implement nothing face every test; copies of
@@ -22,6 +25,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from margins import MIN_MARGIN, Catalogue, correct_sources, grade_all, margins, without_integration
+from margins import table as table_of_margins
 from submissions.hostile_cases import HOSTILE
 from submissions.mutants import MUTANTS, mutant_source
 from submissions.stubs import stub_source
@@ -36,7 +41,7 @@ from autograder.runtime.sandbox import Limits, Sandbox  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-CORRECT = sorted((ROOT / "tests" / "submissions" / "correct").glob("*.py"))
+CORRECT = correct_sources()
 FULL_RUBRIC = [t for m in GRADED_MODULES for t in load_rubric(m)]
 FULL_MARKS = sum(float(t["points"]) for t in FULL_RUBRIC)
 
@@ -155,38 +160,73 @@ def test_stub_scores_0_on_every_test_and_says_not_implemented(grader):
         f"  {t['score']:g}  {t['name']}: {t['output'][:200]!r}" for t in bad)
 
 
-# ----------------------------------------------------------------------------- correct alternates
+# ----------------------------------------------------------------------------- catalogues
 
-@pytest.mark.parametrize("path", CORRECT, ids=[p.stem for p in CORRECT])
-def test_correct_alternate_gets_full_marks(grader, path):
-    results = grader.grade(f"correct-{path.stem}", path.read_text())
-    check_schema(results, FULL_RUBRIC)
-    assert results["score"] == FULL_MARKS, (
-        f"{path.name} is correct (written differently from the reference) but lost points:\n"
-        f"{table(results)}")
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("catalogue")
+    folder.chmod(0o700)
+    with Sandbox(hide=default_hide()) as sandbox:
+        cat = Catalogue(sandbox, folder)
+        cat.no_integration = without_integration(folder)
+        yield cat
+
+
+@pytest.mark.parametrize("name", sorted(CORRECT))
+def test_correct_implementation_gets_full_marks_twice(catalogue, name):
+    first, _ = catalogue.grade(f"correct-{name}", CORRECT[name])
+    second, _ = catalogue.grade(f"correct-{name}-again", CORRECT[name])
+    for results in (first, second):
+        check_schema(results, FULL_RUBRIC)
+        assert results["score"] == FULL_MARKS, (
+            f"{name} is correct (written differently from the reference) but lost points:\n"
+            f"{table(results)}")
 
 
 def test_catalogue_sizes():
     assert len(MUTANTS) >= 20 and len({m.name for m in MUTANTS}) == len(MUTANTS)
-    assert len(CORRECT) >= 3 and len(HOSTILE) >= 10
+    assert len(CORRECT) >= 8 and len(HOSTILE) >= 10
     functions = {function_of(t) for t in FULL_RUBRIC}
     for m in MUTANTS:
-        assert set(m.loses) <= functions, f"{m.name}: unknown function in loses {m.loses}"
+        assert len(m.loses) == 1 and set(m.loses) <= functions, f"{m.name}: loses {m.loses}"
 
 
-# ----------------------------------------------------------------------------- mutants
+def test_integration_tests_are_named_and_carry_at_most_10_percent():
+    integration = [t for t in FULL_RUBRIC if function_of(t) == "integration"]
+    assert integration, "the rubric names its integration tests 'integration: ...'"
+    assert sum(float(t["points"]) for t in integration) <= 0.1 * FULL_MARKS
+    for t in integration:  # the name says which function a failure points to
+        assert re.search(r"points to \w+", t["name"]), t["name"]
+
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_mutant_loses_points_where_its_bug_is(grader, mutant):
-    modules, rubric = rubric_only(set(mutant.loses), grader.folder)
-    results = grader.grade(f"mutant-{mutant.name}", mutant_source(mutant), modules)
-    check_schema(results, rubric)
+def test_mutant_loses_points_in_its_own_function_only(catalogue, mutant):
+    results, _ = catalogue.grade(f"mutant-{mutant.name}", mutant_source(mutant),
+                                 catalogue.no_integration)
+    check_schema(results)
     lost = [t for t in results["tests"] if t["score"] < t["max_score"]]
-    assert lost, (f"mutant {mutant.name} ({mutant.why}) keeps every point of the tests of "
-                  f"{', '.join(mutant.loses)}:\n{table(results)}")
-    assert results["score"] < sum(float(t["points"]) for t in rubric)
+    (own,) = mutant.loses
+    assert any(function_of(t) == own for t in lost), (
+        f"mutant {mutant.name} ({mutant.why}) keeps every point of the tests of {own}:\n"
+        f"{table(results)}")
+    elsewhere = [t["name"] for t in lost if function_of(t) != own]
+    assert not elsewhere, (f"mutant {mutant.name} (a bug in {own}) also loses points in "
+                           f"{elsewhere}:\n{table(results)}")
     assert all(t["output"].strip() not in ("", "failed") for t in lost), table(results)
+    if mutant.expect:
+        text = "\n".join(t["output"] for t in lost)
+        assert re.search(mutant.expect, text), f"no message matching /{mutant.expect}/:\n{text}"
 
+
+def test_every_margin_is_at_least_10(catalogue):
+    mutant_keys, correct_keys = grade_all(catalogue, catalogue.folder)
+    rows = margins(catalogue, mutant_keys, correct_keys)
+    report = table_of_margins(rows)
+    small = {k: sorted(r["numeric"])[0] for k, r in rows.items()
+             if r["numeric"] and sorted(r["numeric"])[0][0] < MIN_MARGIN}
+    assert not small, f"margins below {MIN_MARGIN}: {small}\n{report}"
+    close = {k: r["correct_worst"] for k, r in rows.items() if r["correct_worst"] > 1}
+    assert not close, f"a correct implementation exceeds an allowance: {close}\n{report}"
 
 # ----------------------------------------------------------------------------- hostile
 

@@ -89,7 +89,29 @@ def test_public_tests_read_the_submission_from_the_environment(tmp_path):
     assert code == 1 and cases and all(msg and "not implemented" in msg for msg in cases.values())
 
 
+OUTPUTS = ("/out", "/all", "p_loss/")  # fixture keys the reference computes (float32 arithmetic)
+
+
+def _public_tolerance(key):
+    """The tolerance the public tests accept for fixture `key` (rtol, atol): what separates a
+    correct implementation from a wrong one there."""
+    sys.path.insert(0, str(PUBLIC))
+    try:
+        import public_helpers
+        import test_public_schedule
+    finally:
+        sys.path.remove(str(PUBLIC))
+    if key.startswith("buffers/"):
+        return test_public_schedule.RTOL, test_public_schedule.ATOL
+    return public_helpers.OUT_RTOL, public_helpers.OUT_ATOL
+
+
 def test_public_fixtures_are_reproduced_by_their_generator(tmp_path):
+    """Inputs (numpy's RandomState under a fixed seed) must be reproduced bit for bit. Outputs are
+    the reference's float32 arithmetic, which differs between CPUs (vector width, fused
+    multiply-add; a 50-step chain moved by 2.7e-6 on an AMD EPYC): they must agree within a tenth
+    of the tolerance the public tests apply to them, so that a correct submission passes against
+    either machine's fixtures."""
     fresh = tmp_path / "public.npz"
     subprocess.run([sys.executable, str(PUBLIC / "fixtures" / "generate.py"), "--out", str(fresh)],
                    check=True, capture_output=True, timeout=120)
@@ -98,6 +120,9 @@ def test_public_fixtures_are_reproduced_by_their_generator(tmp_path):
         for key in stored.files:
             a, b = stored[key], new[key]
             assert a.dtype == b.dtype and a.shape == b.shape, key
-            # Same code and inputs: equal up to float32 rounding differences between machines.
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=(
-                f"{key} differs: run `python tests_public/fixtures/generate.py` and commit"))
+            hint = f"{key} differs: run `python tests_public/fixtures/generate.py` and commit"
+            if key.startswith("buffers/") or any(k in key for k in OUTPUTS):
+                rtol, atol = _public_tolerance(key)
+                np.testing.assert_allclose(a, b, rtol=rtol / 10, atol=atol / 10, err_msg=hint)
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=hint)

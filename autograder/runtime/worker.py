@@ -262,7 +262,7 @@ def _error_reply(exc, folder=""):
         "message": str(exc)[:2000],
         "not_implemented": isinstance(exc, NotImplementedError),
         "where": (f"{os.path.basename(where.filename)}, line {where.lineno}, in {where.name}"
-                  if where else ""),
+                  + (f": {where.line.strip()[:200]}" if where.line else "") if where else ""),
     }
 
 

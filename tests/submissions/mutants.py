@@ -1,8 +1,10 @@
 """Plausible student bugs, as exact text substitutions on the reference solutions/diffusion.py.
 
-Each mutant must lose points in at least one graded test whose name starts with one of its `loses`
-prefixes (the <function> part of "<function>: <behaviour>", see the autograder's test names) and
-must score below full marks; tests/test_grading_validity.py checks both with the real engine.
+Each mutant is a bug in ONE function, named by `loses` (the <function> part of the graded tests'
+names "<function>: <behaviour>"). Graded with the full rubric, it must lose points in a test of
+that function and in no test of another function (integration tests, named "integration: ...",
+excepted): one bug, one place. tests/test_grading_validity.py checks this with the real engine,
+and tests/margins.py measures how far each bug lands beyond each test's allowance.
 
 Symmetric changes are not bugs and are not listed here: e.g. F.l1_loss(noise, predicted) instead of
 F.l1_loss(predicted, noise), or adding sqrt(variance) * z at the last step (the variance is exactly 0
@@ -22,13 +24,17 @@ class Mutant:
     old: str  # exact text of the reference, occurring exactly once
     new: str
     loses: tuple  # <function> prefixes of graded tests that must lose points
+    more: tuple = ()  # further (old, new) substitutions of the same bug
+    expect: str = ""  # a regular expression the failing tests' messages must contain
 
     def apply(self, source):
-        count = source.count(self.old)
-        if count != 1:
-            raise ValueError(f"mutant {self.name}: the text to replace occurs {count} times in the "
-                             f"reference (expected exactly once); update the mutant:\n{self.old}")
-        return source.replace(self.old, self.new)
+        for old, new in ((self.old, self.new), *self.more):
+            count = source.count(old)
+            if count != 1:
+                raise ValueError(f"mutant {self.name}: the text to replace occurs {count} times in "
+                                 f"the reference (expected exactly once); update the mutant:\n{old}")
+            source = source.replace(old, new)
+        return source
 
 
 def mutant_source(mutant, reference=REFERENCE):
@@ -45,22 +51,22 @@ MUTANTS = [
            "alphas_cumprod_prev starts with 0 instead of abar_0 = 1",
            "F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)",
            "F.pad(alphas_cumprod[:-1], (1, 0), value=0.0)",
-           ("Diffusion.__init__", "q_posterior", "p_sample")),
+           ("Diffusion.__init__",)),
     Mutant("abar_prev_shifted_the_wrong_way",
            "alphas_cumprod_prev[i] holds abar_{i+2} (shifted left instead of right)",
            "F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)",
            "F.pad(alphas_cumprod[1:], (0, 1), value=1.0)",
-           ("Diffusion.__init__", "q_posterior", "p_sample")),
+           ("Diffusion.__init__",)),
     Mutant("abar_prev_not_shifted",
            "alphas_cumprod_prev is a copy of alphas_cumprod (the off-by-one between t and t-1)",
            "F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)",
            "alphas_cumprod.clone()",
-           ("Diffusion.__init__", "q_posterior", "p_sample")),
+           ("Diffusion.__init__",)),
     Mutant("buffer_no_sqrt_on_one_minus_abar",
            "sqrt_one_minus_alphas_cumprod holds 1 - abar (no square root)",
            'register("sqrt_one_minus_alphas_cumprod", torch.sqrt(1.0 - alphas_cumprod))',
            'register("sqrt_one_minus_alphas_cumprod", 1.0 - alphas_cumprod)',
-           ("Diffusion.__init__", "q_sample", "p_loss", "p_sample")),
+           ("Diffusion.__init__",)),
     Mutant("posterior_coefficients_swapped",
            "the x_0 and x_t coefficients of the posterior mean are swapped",
            'register("posterior_mean_coef1",\n'
@@ -71,12 +77,12 @@ MUTANTS = [
            '                 torch.sqrt(alphas_cumprod_prev) * (1.0 - alphas) / (1.0 - alphas_cumprod))\n'
            '        register("posterior_mean_coef1",\n'
            '                 torch.sqrt(alphas) * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod))',
-           ("Diffusion.__init__", "q_posterior", "p_sample")),
+           ("Diffusion.__init__",)),
     Mutant("posterior_variance_uses_abar_not_abar_prev",
            "posterior variance with (1 - abar_t) in the numerator instead of (1 - abar_{t-1})",
            "(1.0 - alphas_cumprod_prev) * (1.0 - alphas) / (1.0 - alphas_cumprod))",
            "(1.0 - alphas_cumprod) * (1.0 - alphas) / (1.0 - alphas_cumprod))",
-           ("Diffusion.__init__", "q_posterior", "p_sample")),
+           ("Diffusion.__init__",)),
 
     # --- q_sample ---
     Mutant("q_sample_uses_alpha_not_abar",
@@ -84,23 +90,34 @@ MUTANTS = [
            Q_SAMPLE,
            "extract(torch.sqrt(self.alphas), t, x_0.shape) * x_0\n"
            "                + extract(torch.sqrt(1.0 - self.alphas), t, x_0.shape) * noise)",
-           ("q_sample", "p_loss")),
+           ("q_sample",)),
     Mutant("q_sample_no_sqrt_on_abar",
            "q_sample scales x_0 by abar_t instead of sqrt(abar_t)",
            "extract(self.sqrt_alphas_cumprod, t, x_0.shape) * x_0",
            "extract(self.alphas_cumprod, t, x_0.shape) * x_0",
-           ("q_sample", "p_loss")),
+           ("q_sample",)),
     Mutant("q_sample_no_sqrt_on_one_minus_abar",
            "q_sample scales the noise by 1 - abar_t instead of sqrt(1 - abar_t)",
            "+ extract(self.sqrt_one_minus_alphas_cumprod, t, x_0.shape) * noise)",
            "+ extract(1.0 - self.alphas_cumprod, t, x_0.shape) * noise)",
-           ("q_sample", "p_loss")),
+           ("q_sample",)),
     Mutant("q_sample_uses_abar_prev",
            "q_sample indexes abar_{t-1} (alphas_cumprod_prev): paper step and code index mixed up",
            Q_SAMPLE,
            "extract(torch.sqrt(self.alphas_cumprod_prev), t, x_0.shape) * x_0\n"
            "                + extract(torch.sqrt(1.0 - self.alphas_cumprod_prev), t, x_0.shape) * noise)",
-           ("q_sample", "p_loss")),
+           ("q_sample",)),
+
+    Mutant("q_sample_no_return",
+           "the result is computed but not returned (the function returns None)",
+           "        return (extract(self.sqrt_alphas_cumprod, t, x_0.shape) * x_0",
+           "        x_t = (extract(self.sqrt_alphas_cumprod, t, x_0.shape) * x_0",
+           ("q_sample",), expect=r"returned None"),
+    Mutant("q_sample_returns_ellipsis",
+           "the placeholder `return ...` left in place of the formula",
+           "        return (extract(self.sqrt_alphas_cumprod, t, x_0.shape) * x_0",
+           "        return ...\n        x_t = (extract(self.sqrt_alphas_cumprod, t, x_0.shape) * x_0",
+           ("q_sample",), expect=r"returned Ellipsis"),
 
     # --- p_loss ---
     Mutant("l2_loss_when_l1_asked",
@@ -117,7 +134,7 @@ MUTANTS = [
            "the model is given paper step t = i + 1 instead of the code index i",
            "predicted_noise = self.model(x_t, t)",
            "predicted_noise = self.model(x_t, t + 1)",
-           ("p_loss", "forward")),
+           ("p_loss",)),
 
     # --- forward ---
     Mutant("forward_one_t_for_the_whole_batch",
@@ -173,24 +190,41 @@ MUTANTS = [
            "noise drawn with torch.randn(shape) on the CPU, not on x's device",
            "return mean + torch.sqrt(variance) * self.noise_like(x.shape, x.device)",
            "return mean + torch.sqrt(variance) * torch.randn(x.shape)",
-           ("p_sample", "p_sample_loop", "sample")),
+           ("p_sample",)),
+
+    Mutant("p_sample_plain_cpu_attribute",
+           "1 / sqrt(abar) kept as a plain tensor attribute: .to(device) leaves it on the CPU",
+           "        x0_hat = ((x - extract(self.sqrt_one_minus_alphas_cumprod, t, x.shape) * predicted_noise)\n"
+           "                  / extract(self.sqrt_alphas_cumprod, t, x.shape))",
+           "        x0_hat = ((x - extract(self.sqrt_one_minus_alphas_cumprod, t, x.shape) * predicted_noise)\n"
+           "                  * extract(self.recip_sqrt_abar, t, x.shape))",
+           ("p_sample",),
+           more=(('        register("alphas", alphas)\n',
+                  '        register("alphas", alphas)\n'
+                  '        self.recip_sqrt_abar = (1.0 / torch.sqrt(alphas_cumprod)).float()\n'),),
+           expect=r"self\.recip_sqrt_abar is a plain tensor attribute"),
+    Mutant("p_sample_float32_noise_scale_squared",
+           "sqrt(variance) computed as variance ** 2",
+           "return mean + torch.sqrt(variance) * self.noise_like(x.shape, x.device)",
+           "return mean + variance ** 2 * self.noise_like(x.shape, x.device)",
+           ("p_sample",)),
 
     # --- p_sample_loop ---
     Mutant("loop_runs_0_to_T_minus_1",
            "the reverse loop runs forward in time, t_index = 0, ..., T-1",
            "for i in reversed(range(self.num_timesteps)):",
            "for i in range(self.num_timesteps):",
-           ("p_sample_loop", "sample")),
+           ("p_sample_loop",)),
     Mutant("loop_returns_x_T",
            "each step's result is discarded, so the loop returns (a map of) its start x_T",
            "img = self.p_sample(img, t, i)",
            "x_prev = self.p_sample(img, t, i)",
-           ("p_sample_loop", "sample")),
+           ("p_sample_loop",)),
     Mutant("loop_result_not_mapped_to_0_1",
            "the final images stay in [-1, 1] (no unnormalize)",
            "return unnormalize(img)",
            "return img",
-           ("p_sample_loop", "sample")),
+           ("p_sample_loop",)),
     Mutant("loop_all_timesteps_without_the_start",
            "return_all_timesteps leaves out x_T: T states instead of T + 1",
            "states = [img]",

@@ -18,6 +18,36 @@ CONTRACT_BUFFERS = (
 )
 
 
+def probe_eps(x, t, timesteps, scale=1.0):
+    """eps = scale * tanh(0.8 x + sin(3 (t + 1) / T + 0.5 c)), in x's dtype (c = the channel).
+
+    The ProbeModel's formula, a plain function so that the grader can evaluate it in float64 (and
+    differentiate it) on exactly what the sandbox runs in float32."""
+    import torch
+
+    # Indexed from the end (images are (B, C, H, W)) so that a leading axis broadcasts.
+    phase = (t.to(torch.float64 if x.dtype == torch.float64 else torch.float32) + 1.0)
+    phase = phase.reshape(-1, 1, 1, 1) * (3.0 / timesteps)
+    chan = torch.arange(x.shape[-3], device=x.device, dtype=phase.dtype).reshape(-1, 1, 1) * 0.5
+    return scale * torch.tanh(0.8 * x + torch.sin(phase + chan).to(x.dtype))
+
+
+def probe_eps_rounding(x, t, timesteps):
+    """Bound on |ProbeModel(x, t) in float32 - probe_eps(x, t) exact| for a given x (float64).
+
+    The tanh argument 0.8 x + sin(phase + chan) carries at most 4 roundings of terms no larger than
+    0.8|x|, |phase| + |chan| and 1; tanh moves that error by sech^2 (<= 1) and rounds once more."""
+    import torch
+
+    x = x.double()
+    phase = ((t.double() + 1.0) * (3.0 / timesteps)).reshape(-1, 1, 1, 1)
+    chan = (torch.arange(x.shape[-3], dtype=torch.float64) * 0.5).reshape(-1, 1, 1)
+    arg = 0.8 * x + torch.sin(phase + chan)
+    u = 2.0 ** -24
+    return 4 * u * (0.8 * x.abs() + phase.abs() + chan.abs() + 1) / torch.cosh(arg) ** 2 \
+        + 2 * u * torch.tanh(arg).abs()
+
+
 def probe_model_class():
     import torch
     from torch import nn
@@ -25,8 +55,8 @@ def probe_model_class():
     class ProbeModel(nn.Module):
         """A deterministic stand-in for eps_theta(x_t, t), cheap and defined on every device.
 
-        eps = scale * tanh(0.8 x + sin(3 (t + 1) / T + 0.5 c)): depends on x, t and the channel c,
-        is 0.8-Lipschitz in x, and records the calls it gets (except on the meta device).
+        probe_eps(x, t, T): depends on x, t and the channel c, is 0.8-Lipschitz in x, and records
+        the calls it gets (except on the meta device).
         """
 
         lipschitz = 0.8
@@ -40,11 +70,7 @@ def probe_model_class():
         def forward(self, x, t):
             if x.device.type != "meta":
                 self.calls.append((x.detach().clone(), t.detach().clone()))
-            phase = (t.to(torch.float64 if x.dtype == torch.float64 else torch.float32) + 1.0)
-            phase = phase.reshape(-1, *([1] * (x.dim() - 1))) * (3.0 / self.timesteps)
-            chan = torch.arange(x.shape[1], device=x.device, dtype=phase.dtype)
-            chan = chan.reshape(1, -1, *([1] * (x.dim() - 2))) * 0.5
-            return self.scale.to(x.dtype) * torch.tanh(0.8 * x + torch.sin(phase + chan).to(x.dtype))
+            return probe_eps(x, t, self.timesteps, self.scale.to(x.dtype))
 
     return ProbeModel
 
@@ -55,6 +81,68 @@ def stub_p_sample_value(x, t_index):
 
 
 STUB_P_LOSS_VALUE = 7.25  # what the stand-in p_loss returns (isolates forward from p_loss)
+
+
+def _extract(a, t, x_shape):
+    return a.gather(-1, t).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
+
+
+def ref_q_sample(obj):
+    """The reference q_sample on obj's (injected) buffers: stands in for the student's, so that
+    p_loss is graded on its own."""
+    def q_sample(x_0, t, noise):
+        b = obj._buffers
+        return (_extract(b["sqrt_alphas_cumprod"], t, x_0.shape) * x_0
+                + _extract(b["sqrt_one_minus_alphas_cumprod"], t, x_0.shape) * noise)
+    return q_sample
+
+
+def ref_q_posterior(obj):
+    """The given q_posterior on obj's (injected) buffers (p_sample is graded on its own)."""
+    def q_posterior(x_0, x_t, t):
+        b = obj._buffers
+        mean = (_extract(b["posterior_mean_coef1"], t, x_t.shape) * x_0
+                + _extract(b["posterior_mean_coef2"], t, x_t.shape) * x_t)
+        return mean, _extract(b["posterior_variance"], t, x_t.shape)
+    return q_posterior
+
+
+def ref_p_loss(obj, loss_type):
+    """The reference p_loss (with the reference q_sample): forward is graded on its own."""
+    import torch.nn.functional as F
+
+    def p_loss(x_0, t, noise):
+        eps = obj.model(ref_q_sample(obj)(x_0, t, noise), t)
+        return (F.l1_loss if loss_type == "l1" else F.mse_loss)(eps, noise)
+    return p_loss
+
+
+def describe(value):
+    """What a function returned, in words, when it is not a tensor (see autograder.checks)."""
+    if value is None:
+        return "None (a missing `return`?)"
+    if value is Ellipsis:
+        return "Ellipsis (the `...` placeholder)"
+    if isinstance(value, tuple):
+        return f"a tuple of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def pack(header, out):
+    """Outputs as tensors; anything else is named in header["returned"] instead of sent."""
+    import numbers
+
+    import torch
+
+    arrays = {}
+    for k, v in out.items():
+        if isinstance(v, torch.Tensor):
+            arrays[k] = v.detach()
+        elif isinstance(v, numbers.Real) and not isinstance(v, bool):
+            arrays[k] = torch.tensor(float(v), dtype=torch.float64)
+        else:
+            header.setdefault("returned", {})[k] = describe(v)
+    return header, arrays
 
 
 def _build(module, cfg, tensors, inject):
@@ -116,25 +204,26 @@ def probe_buffers(module, cfg, tensors, noise):
 
 def probe_q_sample(module, cfg, tensors, noise):
     obj, _ = _build(module, cfg, tensors, inject=True)
-    return {}, {"out": obj.q_sample(tensors["x_0"], tensors["t"], tensors["noise"])}
+    return pack({}, {"out": obj.q_sample(tensors["x_0"], tensors["t"], tensors["noise"])})
 
 
 def probe_q_posterior(module, cfg, tensors, noise):
-    obj, _ = _build(module, cfg, tensors, inject=False)
-    mean, var = obj.q_posterior(tensors["x_0"], tensors["x_t"], tensors["t"])
-    return {}, {"mean": mean, "variance": var}
+    obj, _ = _build(module, cfg, tensors, inject=True)
+    ret = obj.q_posterior(tensors["x_0"], tensors["x_t"], tensors["t"])
+    if not isinstance(ret, (tuple, list)) or len(ret) != 2:
+        return pack({}, {"mean": ret})
+    return pack({}, {"mean": ret[0], "variance": ret[1]})
 
 
 def probe_p_loss(module, cfg, tensors, noise):
-    import torch
-
     obj, model = _build(module, cfg, tensors, inject=True)
-    loss = obj.p_loss(tensors["x_0"], tensors["t"], tensors["noise"])
-    out = {"loss": torch.as_tensor(loss).detach()}
+    obj.q_sample = ref_q_sample(obj)
+    header, out = pack({}, {"loss": obj.p_loss(tensors["x_0"], tensors["t"], tensors["noise"])})
     xs, ts = _calls(model)
     if xs:
         out["model_x"], out["model_t"] = xs[0], ts[0]
-    return {"model_calls": len(xs)}, out
+    header["model_calls"] = len(xs)
+    return header, out
 
 
 def probe_forward_isolated(module, cfg, tensors, noise):
@@ -150,36 +239,41 @@ def probe_forward_isolated(module, cfg, tensors, noise):
     obj.p_loss = p_loss
     given = tensors.get("noise")
     ret = obj.forward(tensors["x_0"], given) if given is not None else obj.forward(tensors["x_0"])
-    out = {"ret": torch.as_tensor(ret).detach()}
+    out = {"ret": ret}
     if seen:
         x_0, t, n = seen[0]
-        out.update(p_loss_x_0=x_0.detach(), p_loss_t=t.detach(),
-                   p_loss_noise=n.detach() if isinstance(n, torch.Tensor) else torch.zeros(0))
-    return {"p_loss_calls": len(seen),
-            "t_dtype": str(seen[0][1].dtype) if seen else ""}, out
+        out.update(p_loss_x_0=x_0, p_loss_t=t,
+                   p_loss_noise=n if isinstance(n, torch.Tensor) else torch.zeros(0))
+    header, out = pack({}, out)
+    header.update(p_loss_calls=len(seen), t_dtype=str(seen[0][1].dtype) if seen else "")
+    return header, out
 
 
 def probe_forward(module, cfg, tensors, noise):
+    """forward with the reference p_loss: what it returns, and whether it is differentiable."""
     import torch
 
     obj, model = _build(module, cfg, tensors, inject=True)
+    obj.p_loss = ref_p_loss(obj, cfg.get("loss_type", "l1"))
     loss = obj.forward(tensors["x_0"], tensors["noise"])
     xs, ts = _calls(model)
-    out = {"loss": torch.as_tensor(loss).detach()}
+    header, out = pack({"model_calls": len(xs)}, {"loss": loss})
+    header["requires_grad"] = bool(isinstance(loss, torch.Tensor) and loss.requires_grad)
     if ts:
         out["model_t"] = ts[0]
-    return {"model_calls": len(xs)}, out
+    return header, out
 
 
 def probe_p_sample(module, cfg, tensors, noise):
     import torch
 
     obj, model = _build(module, cfg, tensors, inject=True)
+    obj.q_posterior = ref_q_posterior(obj)
     t_index = int(cfg["t_index"])
     x = tensors["x"]
     t = torch.full((x.shape[0],), t_index, dtype=torch.long)
     out = obj.p_sample(x, t, t_index)
-    return {"model_calls": len(model.calls)}, {"out": out}
+    return pack({"model_calls": len(model.calls)}, {"out": out})
 
 
 def probe_p_sample_loop_isolated(module, cfg, tensors, noise):
@@ -199,13 +293,14 @@ def probe_p_sample_loop_isolated(module, cfg, tensors, noise):
     everything = obj.p_sample_loop(tensors["img"].clone(), return_all_timesteps=True)
     t_indices = torch.tensor([c[0] for c in calls[:n_final]], dtype=torch.int64)
     t_ok = all(bool((c[1] == c[0]).all()) and c[1].numel() == c[2][0] for c in calls)
-    return ({"calls": n_final, "t_filled": t_ok},
-            {"final": final, "all": everything, "t_indices": t_indices})
+    return pack({"calls": n_final, "t_filled": t_ok},
+                {"final": final, "all": everything, "t_indices": t_indices})
 
 
 def probe_p_sample_loop(module, cfg, tensors, noise):
     obj, model = _build(module, cfg, tensors, inject=True)
-    return {}, {"final": obj.p_sample_loop(tensors["img"].clone())}
+    obj.q_posterior = ref_q_posterior(obj)
+    return pack({}, {"final": obj.p_sample_loop(tensors["img"].clone())})
 
 
 def probe_sample_isolated(module, cfg, tensors, noise):
@@ -217,27 +312,100 @@ def probe_sample_isolated(module, cfg, tensors, noise):
         return img * 0.5
 
     obj.p_sample_loop = p_sample_loop
-    ret = obj.sample(int(cfg["batch_size"]))
-    out = {"ret": ret}
+    out = {"ret": obj.sample(int(cfg["batch_size"]))}
     if seen:
         out["img"] = seen[0]
-    return {"loop_calls": len(seen)}, out
+    return pack({"loop_calls": len(seen)}, out)
+
+
+def host_tensor_class():
+    """A CPU tensor that raises when an operation mixes it with a tensor on another device.
+
+    Plain (unregistered) tensor attributes do not follow .to(device). On a GPU, gathering one with
+    a CUDA index raises; on the meta device it silently works. The device probe wraps each such
+    attribute in this class so that a CPU-only grader sees the mistake a GPU would."""
+    import torch
+
+    moves = {"to", "cuda", "cpu", "type", "__repr__", "__format__", "size", "dim", "numel",
+             "__len__", "device", "dtype", "shape", "is_floating_point", "__get__", "item",
+             "tolist", "detach", "clone", "contiguous", "double", "float"}
+
+    def flat(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, (list, tuple)):
+            for o in obj:
+                yield from flat(o)
+        elif isinstance(obj, dict):
+            for o in obj.values():
+                yield from flat(o)
+
+    class HostTensor(torch.Tensor):
+        attr = "a tensor attribute"
+
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            tensors = list(flat((args, kwargs)))
+            hosts = [a for a in tensors if isinstance(a, HostTensor) and a.dim() > 0]
+            if name not in moves and hosts:
+                others = {a.device.type for a in tensors if not isinstance(a, HostTensor)}
+                if others - {"cpu"}:
+                    raise RuntimeError(
+                        f"Expected all tensors to be on the same device: self.{hosts[0].attr} is a "
+                        f"plain tensor attribute on cpu, used with tensors on "
+                        f"{sorted(others - {'cpu'})[0]} (.to(device) does not move plain attributes)")
+            with torch._C.DisableTorchFunctionSubclass():
+                ret = func(*args, **kwargs)
+            if name in moves or not hosts:
+                return ret
+
+            def wrap(r):
+                if isinstance(r, torch.Tensor) and r.device.type == "cpu":
+                    r = r.as_subclass(HostTensor)
+                    r.attr = hosts[0].attr
+                return r
+            return tuple(wrap(r) for r in ret) if isinstance(ret, tuple) else wrap(ret)
+
+    return HostTensor
+
+
+def _mark_plain_attributes(obj):
+    """Wrap obj's plain tensor attributes left on the CPU (see host_tensor_class)."""
+    import torch
+
+    HostTensor = host_tensor_class()
+    names = []
+    for name, value in list(vars(obj).items()):
+        if (isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter)
+                and value.device.type == "cpu"):
+            wrapped = value.detach().as_subclass(HostTensor)
+            wrapped.attr = name
+            obj.__dict__[name] = wrapped
+            names.append(name)
+    return names
 
 
 def probe_meta(module, cfg, tensors, noise):
-    """Everything on the meta device: mixing in a tensor made on the CPU raises."""
+    """Everything on another device: CUDA when the grader has one (cfg cuda), else the meta
+    device. Mixing in a tensor made on the CPU, or a plain CPU tensor attribute, raises."""
     import torch
 
+    device = "cuda" if cfg.get("cuda") and torch.cuda.is_available() else "meta"
     obj, _ = _build(module, cfg, tensors, inject=True)
-    obj = obj.to("meta")
+    obj = obj.to(device)
+    plain = _mark_plain_attributes(obj)
     b, c, s = 2, cfg.get("channels", 1), cfg.get("image_size", 4)
-    x = torch.zeros(b, c, s, s, device="meta")
+    x = torch.zeros(b, c, s, s, device=device)
     method = cfg["method"]
     if method == "forward":
+        obj.p_loss = ref_p_loss(obj, cfg.get("loss_type", "l1"))
         ret = obj.forward(x)
     elif method == "p_sample":
+        obj.q_posterior = ref_q_posterior(obj)
         ti = int(cfg["t_index"])
-        ret = obj.p_sample(x, torch.full((b,), ti, dtype=torch.long, device="meta"), ti)
+        ret = obj.p_sample(x, torch.full((b,), ti, dtype=torch.long, device=device), ti)
     elif method == "p_sample_loop":  # p_sample replaced: only the loop's own tensors count
         obj.p_sample = lambda x_, t_, i_: stub_p_sample_value(x_ + 0 * t_.reshape(-1, 1, 1, 1), i_)
         ret = obj.p_sample_loop(x)
@@ -246,8 +414,9 @@ def probe_meta(module, cfg, tensors, noise):
         ret = obj.sample(b)
     else:
         raise ValueError(method)
-    device = ret.device.type if isinstance(ret, torch.Tensor) else type(ret).__name__
-    return {"device": device, "shape": list(getattr(ret, "shape", []))}, {}
+    got = ret.device.type if isinstance(ret, torch.Tensor) else describe(ret)
+    return {"device": got, "expected_device": device, "plain_attributes": plain,
+            "shape": list(getattr(ret, "shape", []))}, {}
 
 
 def probe_training(module, cfg, tensors, noise):

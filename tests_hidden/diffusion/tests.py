@@ -2,36 +2,65 @@
 
 Each test is `fn(ctx) -> Verdict`, registered under the id that rubric.toml (beside this file) gives
 points and visibility to. Tests ask the sandbox for probes (student code runs there and only
-returns tensors) and compute the verdict here, against the reference (solutions/diffusion.py)
-built around the same deterministic ProbeModel. The probes are in probes.py beside this file.
+returns tensors) and compute the verdict here. The probes are in probes.py beside this file.
 
-Isolation, so that one bug costs points in one place: q_sample, p_loss, forward, p_sample,
-p_sample_loop and sample run with the reference buffers injected into the student's object (a
-failing __init__ is bypassed), forward runs with p_loss replaced by a recorder, p_sample_loop with
-p_sample replaced by a known map, sample with p_sample_loop replaced by a recorder. Every normal
-draw in the worker is answered with probe_noise(seed, k, shape), which the grader can recompute,
-so any way of drawing noise (noise_like, torch.randn, randn_like, normal_) gets the same result.
-Tolerances: autograder/checks.py (derivation in its docstring).
+Isolation, so that one bug costs points in one place: every function runs with the reference
+buffers injected into the student's object (a failing __init__ is bypassed) and with reference
+stand-ins for the other functions it calls: p_loss with the reference q_sample, forward with p_loss
+replaced (by a recorder, or the reference), p_sample with the reference q_posterior, p_sample_loop
+with p_sample replaced by a known map, sample with p_sample_loop replaced by a recorder. The
+integration tests (named "integration: ..." in rubric.toml, 10 points in all) run the student's
+functions together and say which function to look at. Every normal draw in the worker is answered
+with probe_noise(seed, k, shape), which the grader can recompute, so any way of drawing noise
+(noise_like, torch.randn, randn_like, normal_) gets the same result.
+
+Expected values are exact: the formulas below in float64 on exact (float64) schedules. Allowances
+follow the error model of autograder/checks.py: each computation is written in the forms a correct
+student may use (`Form`, sites = the float32 quantities and sums), and the allowance covers the
+worst of them. tests/margins.py measures how far every catalogued bug lands beyond it.
 """
 
 import math
 
 import torch
+import torch.nn.functional as F
 
-from autograder.checks import U32, Verdict, bound, buffer_tolerance, compare
+from autograder.checks import (
+    RECORD,
+    U32,
+    Form,
+    K,
+    Verdict,
+    allowance,
+    compare,
+    summation,
+)
 from autograder.runtime.probekit import probe_noise
 
-from .probes import CONTRACT_BUFFERS, STUB_P_LOSS_VALUE, probe_model_class, stub_p_sample_value
+from .probes import (
+    CONTRACT_BUFFERS,
+    STUB_P_LOSS_VALUE,
+    probe_eps,
+    probe_eps_rounding,
+    probe_model_class,
+)
 
 TESTS = {}
 DEVICE_ERRORS = ("same device", "expected device", "two devices", "different device")
+CREATORS = ("randn", "randint", "rand(", "full(", "zeros", "ones", "arange", "tensor(", "empty",
+            "noise_like", "normal", "linspace")
 HINTS = {
+    "alphas": "compute the schedule in float64 from `alphas` (SCHEDULES[schedule]), then store "
+              "float32.",
     "alphas_cumprod": "abar_t is the cumulative product of the alphas (torch.cumprod).",
     "alphas_cumprod_prev": "abar_prev[i] = abar_i: shift right by one and put abar_0 = 1 first.",
+    "sqrt_alphas_cumprod": "eq. (2): sqrt(abar_t).",
+    "sqrt_one_minus_alphas_cumprod": "eq. (2): sqrt(1 - abar_t).",
     "posterior_variance": "eq. (3): (1 - abar_{t-1}) (1 - alpha_t) / (1 - abar_t); 0 at i = 0.",
     "posterior_mean_coef1": "eq. (3): sqrt(abar_{t-1}) (1 - alpha_t) / (1 - abar_t) multiplies x_0.",
     "posterior_mean_coef2": "eq. (3): sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) multiplies x_t.",
 }
+_REF = {}  # reference-only quantities (they depend on no submission), shared across gradings
 
 
 def reference_of(ctx, T, schedule="cosine", loss_type="l1", channels=1, image_size=4):
@@ -52,8 +81,12 @@ def buffer_arrays(ctx, T, schedule="cosine"):
 
 def graded(test_id):
     def register(fn):
-        TESTS[test_id] = fn
-        return fn
+        def run(ctx):
+            with RECORD.test(test_id):
+                return fn(ctx)
+        run.__name__ = fn.__name__
+        TESTS[test_id] = run
+        return run
     return register
 
 
@@ -87,6 +120,134 @@ def fail(lines, hint=None):
     return Verdict.fail(text + (f"\n  hint: {hint}" if hint else ""))
 
 
+def returned(r, name):
+    """(array or None, what was returned instead, in words) for output `name` of probe r."""
+    return r.arrays.get(name), (r.header.get("returned") or {}).get(name)
+
+
+# ------------------------------------------------------------------ the exact schedule and forms
+
+def _schedule(site, T, schedule, s=0.008):
+    """The eight buffers (8, T) in float64, with the float32 sites of any correct computation,
+    a float32 schedule included: the cosine's angle and f(t), the alphas (absolute error u: also
+    1 - beta forms), and the differences 1 - alpha, 1 - abar, 1 - abar_prev."""
+    if schedule == "cosine":
+        steps = torch.arange(T + 1, dtype=torch.float64)
+        theta = site("theta", ((steps / T) + s) / (1 + s) * math.pi / 2)
+        f = site("f", torch.cos(theta) ** 2)
+        abar = f / f[..., :1]
+        alphas = torch.clip(abar[..., 1:] / abar[..., :-1], 0.001, 1.0)
+    else:
+        alphas = torch.linspace(0.9999, 0.98, T, dtype=torch.float64)
+    alphas = site("alphas", alphas, err=U32)
+    abar = torch.cumprod(alphas, dim=-1)
+    prev = F.pad(abar[..., :-1], (1, 0), value=1.0)
+    om_abar, om_prev = site("1-abar", 1 - abar), site("1-abar_prev", 1 - prev)
+    om_alpha = site("1-alpha", 1 - alphas)
+    return torch.stack([alphas, abar, prev, torch.sqrt(abar), torch.sqrt(om_abar),
+                        om_prev * om_alpha / om_abar, torch.sqrt(prev) * om_alpha / om_abar,
+                        torch.sqrt(alphas) * om_prev / om_abar], dim=-2)
+
+
+def exact(ctx, T, schedule="cosine"):
+    """({name: exact float64 (T,) buffer}, {name: allowance}) for the schedule."""
+    key = ("schedule", T, schedule)
+    if key not in _REF:
+        value, err = allowance([Form(_schedule)], T=T, schedule=schedule)
+        ref_alphas = ctx.reference.SCHEDULES[schedule](T).double()
+        if not torch.allclose(value[0], ref_alphas, rtol=1e-12, atol=1e-15):
+            raise RuntimeError(f"tests.py's {schedule} schedule no longer matches the reference's")
+        _REF[key] = (dict(zip(CONTRACT_BUFFERS, value, strict=True)),
+                     dict(zip(CONTRACT_BUFFERS, err, strict=True)))
+    return _REF[key]
+
+
+def gathered(site, b, t, names, ndim=4):
+    """Sites for the buffers `names` at indices t, shaped (B, 1, ...)."""
+    out = []
+    for n in names:
+        out.append(site(n, b[n][t].reshape(-1, *([1] * (ndim - 1)))))
+    return out
+
+
+def _q_sample_a(site, b, t, x_0, noise):
+    s0, s1 = gathered(site, b, t, ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"))
+    return site("x_t", s0 * x_0 + s1 * noise)
+
+
+def _q_sample_b(site, b, t, x_0, noise):
+    (abar,) = gathered(site, b, t, ("alphas_cumprod",))
+    return site("x_t", torch.sqrt(abar) * x_0 + torch.sqrt(site("1-abar", 1 - abar)) * noise)
+
+
+Q_FORMS = [Form(_q_sample_a), Form(_q_sample_b)]
+
+
+def _eps(site, x, t, T):
+    """The ProbeModel's float32 output as a site: rounded once (u), plus its own internal
+    roundings (probe_eps_rounding) at the point where it is called."""
+    eps = probe_eps(x, t, T)
+    return site("eps", eps, err=U32 * eps.abs() + probe_eps_rounding(x, t, T))
+
+
+def _posterior_terms(site, b, t, B):
+    """(coef1, coef2, variance) as a student computes them: from the posterior buffers (B=False)
+    or inline from alphas, alphas_cumprod, alphas_cumprod_prev (eq. 3)."""
+    if not B:
+        return gathered(site, b, t, ("posterior_mean_coef1", "posterior_mean_coef2",
+                                     "posterior_variance"))
+    alpha, abar, prev = gathered(site, b, t, ("alphas", "alphas_cumprod", "alphas_cumprod_prev"))
+    om_alpha, om_abar = site("1-alpha", 1 - alpha), site("1-abar", 1 - abar)
+    om_prev = site("1-abar_prev", 1 - prev)
+    return (torch.sqrt(prev) * om_alpha / om_abar, torch.sqrt(alpha) * om_prev / om_abar,
+            om_prev * om_alpha / om_abar)
+
+
+def _x0_hat(site, b, t, x, eps, form):
+    if form == "buffers":
+        s0, s1 = gathered(site, b, t, ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"))
+        return site("num", x - s1 * eps) / s0
+    (abar,) = gathered(site, b, t, ("alphas_cumprod",))
+    if form == "recip":  # sqrt(1/abar) x - sqrt(1/abar - 1) eps (the original DDPM code)
+        r = 1 / abar
+        return site("num", torch.sqrt(r) * x - torch.sqrt(site("r-1", r - 1)) * eps)
+    return site("num", x - torch.sqrt(site("1-abar", 1 - abar)) * eps) / torch.sqrt(abar)
+
+
+def _p_sample_form(form):
+    """One reverse step in one of the forms a correct student writes (see _P_FORMS)."""
+    def fn(site, b, t, t_index, x, z, T):
+        eps = _eps(site, x, t, T)
+        x0c = site.clamp(_x0_hat(site, b, t, x, eps, form), ndim=4)
+        if form == "eps":  # the eps-form of the mean, eps re-derived from the clamped x0_hat
+            alpha, abar = gathered(site, b, t, ("alphas", "alphas_cumprod"))
+            sq = torch.sqrt(site("1-abar", 1 - abar))
+            eps_hat = site("eps_hat", x - torch.sqrt(abar) * x0c) / sq
+            mean = site("mean", x - site("1-alpha", 1 - alpha) / sq * eps_hat) / torch.sqrt(alpha)
+            var = _posterior_terms(site, b, t, True)[2]
+        else:
+            c1, c2, var = _posterior_terms(site, b, t, form != "buffers")
+            mean = site("mean", c1 * x0c + c2 * x)
+        if t_index == 0:
+            return mean
+        return site("out", mean + torch.sqrt(var) * z)
+    return Form(fn)
+
+
+_P_FORMS = [_p_sample_form(f) for f in ("buffers", "inline", "recip", "eps")]
+
+
+def p_sample_expected(ctx, T, schedule, x, t_index, z):
+    """(exact x_{t-1}, allowance) of one reverse step from x with noise z."""
+    key = ("p_sample", T, schedule, t_index, x.numpy().tobytes(), z.numpy().tobytes())
+    if key not in _REF:
+        b, _ = exact(ctx, T, schedule)
+        t = torch.full((x.shape[0],), t_index, dtype=torch.long)
+        _REF[key] = allowance(_P_FORMS, b=b, t=t, t_index=t_index, x=x.double(), z=z.double(),
+                              T=T)
+    return _REF[key]
+
+
 # ------------------------------------------------------------------ Diffusion.__init__
 
 def _check_buffers(ctx, schedule):
@@ -98,15 +259,12 @@ def _check_buffers(ctx, schedule):
         if r.header.get("missing"):
             return fail([f"{what}: no attribute(s) {', '.join(r.header['missing'])}"],
                         "register each with self.register_buffer(name, value.float()).")
-        ref = reference_of(ctx, T, schedule)
-        abar, prev = ref.alphas_cumprod.double(), ref.alphas_cumprod_prev.double()
+        b, tol = exact(ctx, T, schedule)
         for name in CONTRACT_BUFFERS:
-            expected = getattr(ref, name).double()
-            ok, lines = compare(r.arrays[name], expected, buffer_tolerance(expected, abar, prev),
-                                what=f"{what}: {name}")
+            ok, lines = compare(r.arrays[name], b[name], tol[name], what=f"{what}: {name}",
+                                source="float32 rounding, float32 schedules included")
             if not ok:
-                return fail(lines, HINTS.get(name, "compute in float64 from `alphas`, then "
-                                                   "store float32 (see the contract)."))
+                return fail(lines, HINTS[name])
     return Verdict.ok()
 
 
@@ -163,6 +321,11 @@ def _q_probe(ctx, T, schedule, b, c, s, seed, zero_noise=False):
     return r, x_0, t, noise
 
 
+def q_sample_expected(ctx, T, schedule, x_0, t, noise):
+    b, _ = exact(ctx, T, schedule)
+    return allowance(Q_FORMS, b=b, t=t, x_0=x_0.double(), noise=noise.double())
+
+
 @graded("q_sample_values")
 def q_sample_values(ctx):
     for k, (T, schedule, b, c, s) in enumerate(Q_CASES):
@@ -170,13 +333,13 @@ def q_sample_values(ctx):
         what = f"q_sample (T={T}, {schedule}, x_0 {tuple(x_0.shape)}, t={t.tolist()})"
         if not r.ok:
             return ctx.failed(r, what)
-        ref = reference_of(ctx, T, schedule)
-        c0, c1 = col(ref.sqrt_alphas_cumprod, t), col(ref.sqrt_one_minus_alphas_cumprod, t)
-        expected = ref.q_sample(x_0, t, noise).double()
-        ok, lines = compare(r.arrays["out"], expected, bound(c0 * x_0, c1 * noise), what=what)
+        expected, tol = q_sample_expected(ctx, T, schedule, x_0, t, noise)
+        got, other = returned(r, "out")
+        ok, lines = compare(got, expected, tol, what=what, returned=other)
         if not ok:
             return fail(lines, "x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, with each "
-                               "example's own t: extract(buffer, t, x_0.shape).")
+                               "example's own t: extract(buffer, t, x_0.shape)."
+                        if got is not None else None)
     return Verdict.ok()
 
 
@@ -192,17 +355,29 @@ def q_sample_uses_noise(ctx):
         if res.header.get("noise_draws"):
             return fail([f"{what}: drew {res.header['noise_draws']} noise tensor(s) of its own"],
                         "use the `noise` argument; do not call torch.randn / noise_like here.")
-    ref = reference_of(ctx, T, schedule)
-    c1 = col(ref.sqrt_one_minus_alphas_cumprod, t)
+        got, other = returned(res, "out")
+        if got is None:
+            return fail([f"{what}: returned {other}"])
+    e1, tol1 = q_sample_expected(ctx, T, schedule, x_0, t, noise)
+    e0, tol0 = q_sample_expected(ctx, T, schedule, x_0, t, torch.zeros_like(noise))
+    if r.arrays["out"].shape != tuple(e1.shape) or r0.arrays["out"].shape != tuple(e1.shape):
+        return fail([f"{what}: shape {tuple(r.arrays['out'].shape)}, expected {tuple(e1.shape)}"])
     got = torch.from_numpy(r.arrays["out"]).double() - torch.from_numpy(r0.arrays["out"]).double()
-    ok, lines = compare(got, (c1 * noise.double()), bound(c1 * noise, 2 * x_0),
+    ok, lines = compare(got, e1 - e0, tol1 + tol0,
                         what=f"{what}: q_sample(x_0, t, noise) - q_sample(x_0, t, 0)")
     if not ok:
         return fail(lines, "the noise term is sqrt(1 - abar_t) * noise.")
     return Verdict.ok()
 
 
-# ------------------------------------------------------------------ q_posterior
+# ------------------------------------------------------------------ q_posterior (given)
+
+def _q_posterior_form(B, part):
+    def fn(site, b, t, x_0, x_t):
+        c1, c2, var = _posterior_terms(site, b, t, B)
+        return site("mean", c1 * x_0 + c2 * x_t) if part == "mean" else var
+    return Form(fn)
+
 
 @graded("q_posterior_values")
 def q_posterior_values(ctx):
@@ -210,26 +385,20 @@ def q_posterior_values(ctx):
         x_0, t = images(200 + k, b, c, s), mixed_t(T, b, 210 + k)
         x_t = normal(220 + k, b, c, s)
         r = ctx.probe("q_posterior", {"T": T, "schedule": schedule, "channels": c,
-                                      "image_size": s}, {"x_0": x_0, "x_t": x_t, "t": t},
-                      key=f"qp{k}")
+                                      "image_size": s},
+                      dict(buffer_arrays(ctx, T, schedule), x_0=x_0, x_t=x_t, t=t), key=f"qp{k}")
         what = f"q_posterior (T={T}, {schedule}, t={t.tolist()})"
         if not r.ok:
             return ctx.failed(r, what)
-        ref = reference_of(ctx, T, schedule)
-        mean, var = ref.q_posterior(x_0, x_t, t)
-        abar, prev = ref.alphas_cumprod.double(), ref.alphas_cumprod_prev.double()
-        tol1 = buffer_tolerance(ref.posterior_mean_coef1.double(), abar, prev)[t]
-        tol2 = buffer_tolerance(ref.posterior_mean_coef2.double(), abar, prev)[t]
-        tolv = buffer_tolerance(ref.posterior_variance.double(), abar, prev)[t]
-        c1, c2 = col(ref.posterior_mean_coef1, t), col(ref.posterior_mean_coef2, t)
-        tol_mean = (bound(c1 * x_0, c2 * x_t) + tol1.reshape(-1, 1, 1, 1) * x_0.abs()
-                    + tol2.reshape(-1, 1, 1, 1) * x_t.abs())
-        for name, exp, tol in (("mean", mean, tol_mean),
-                               ("variance", var, tolv.reshape(-1, 1, 1, 1))):
-            ok, lines = compare(r.arrays.get(name), exp.double(), tol, what=f"{what}: {name}")
+        bufs, _ = exact(ctx, T, schedule)
+        for name in ("mean", "variance"):
+            forms = [_q_posterior_form(B, name) for B in (False, True)]
+            exp, tol = allowance(forms, b=bufs, t=t, x_0=x_0.double(), x_t=x_t.double())
+            got, other = returned(r, name)
+            ok, lines = compare(got, exp, tol, what=f"{what}: {name}",
+                                returned=other or "not a (mean, variance) pair")
             if not ok:
-                return fail(lines, "q_posterior is given; check the posterior buffers in "
-                                   "__init__ (eq. 3).")
+                return fail(lines, "q_posterior is given: restore it from the starter code.")
     return Verdict.ok()
 
 
@@ -244,29 +413,40 @@ def _p_loss_case(ctx, loss_type):
     return r, T, schedule, x_0, t, noise
 
 
+def _loss_terms_form(q_form, loss_type):
+    def fn(site, b, t, x_0, noise, T):
+        eps = _eps(site, q_form.fn(site, b, t, x_0, noise), t, T)
+        d = site("eps-noise", eps - noise)
+        return d.abs() if loss_type == "l1" else d * d
+    return Form(fn)
+
+
+def p_loss_expected(ctx, T, schedule, loss_type, x_0, t, noise):
+    """(exact loss, allowance): the per-element terms' allowances, averaged, plus summation."""
+    b, _ = exact(ctx, T, schedule)
+    forms = [_loss_terms_form(q, loss_type) for q in Q_FORMS]
+    terms, tol = allowance(forms, b=b, t=t, x_0=x_0.double(), noise=noise.double(), T=T)
+    n = terms.numel()
+    return terms.mean(), tol.mean() + (summation(terms) + K * U32 * terms.sum()) / n
+
+
 def _p_loss_check(ctx, loss_type):
     r, T, schedule, x_0, t, noise = _p_loss_case(ctx, loss_type)
     what = f"p_loss (loss_type={loss_type!r}, T={T}, t={t.tolist()})"
     if not r.ok:
         return ctx.failed(r, what)
-    ref = reference_of(ctx, T, schedule, loss_type=loss_type, channels=3)
-    expected = ref.p_loss(x_0, t, noise).detach().double()
-    c0, c1 = col(ref.sqrt_alphas_cumprod, t), col(ref.sqrt_one_minus_alphas_cumprod, t)
-    with torch.no_grad():
-        eps = ref.model(ref.q_sample(x_0, t, noise), t)
-    # x_t error, through the 0.8-Lipschitz model, then the loss (summation adds log2(N) u).
-    e_eps = ref.model.lipschitz * bound(c0 * x_0, c1 * noise) + bound(eps, noise)
-    slope = 1.0 if loss_type == "l1" else 2 * (eps - noise).abs() + e_eps
-    tol = float((slope * e_eps).mean()) + bound(expected) * math.log2(eps.numel())
-    got = r.arrays.get("loss")
+    expected, tol = p_loss_expected(ctx, T, schedule, loss_type, x_0, t, noise)
+    got, other = returned(r, "loss")
     if got is not None and got.size != 1:
+        RECORD.note(math.inf)
         return fail([f"{what}: returned shape {tuple(got.shape)}; the loss must be a scalar"],
                     "take the mean over all elements.")
-    ok, lines = compare(got.reshape(()) if got is not None else None, expected, tol, what=what)
+    ok, lines = compare(got.reshape(()) if got is not None else None, expected, tol, what=what,
+                        returned=other)
     if not ok:
         hint = ("F.l1_loss(predicted_noise, noise): mean absolute difference." if loss_type == "l1"
                 else "F.mse_loss(predicted_noise, noise): mean squared difference.")
-        return fail(lines, hint + " Use self.loss_type to choose.")
+        return fail(lines, hint + " Use self.loss_type to choose." if got is not None else None)
     return Verdict.ok()
 
 
@@ -291,12 +471,10 @@ def p_loss_model_input(ctx):
     if r.arrays["model_t"].tolist() != t.tolist():
         return fail([f"{what}: the model got t={r.arrays['model_t'].tolist()}"],
                     "pass the given t to self.model unchanged.")
-    ref = reference_of(ctx, T, schedule, channels=3)
-    c0, c1 = col(ref.sqrt_alphas_cumprod, t), col(ref.sqrt_one_minus_alphas_cumprod, t)
-    ok, lines = compare(r.arrays["model_x"], ref.q_sample(x_0, t, noise).double(),
-                        bound(c0 * x_0, c1 * noise), what=f"{what}: the model's input x_t")
+    expected, tol = q_sample_expected(ctx, T, schedule, x_0, t, noise)
+    ok, lines = compare(r.arrays["model_x"], expected, tol, what=f"{what}: the model's input x_t")
     if not ok:
-        return fail(lines, "the model predicts the noise in x_t = q_sample(x_0, t, noise).")
+        return fail(lines, "the model predicts the noise in x_t = self.q_sample(x_0, t, noise).")
     return Verdict.ok()
 
 
@@ -381,21 +559,25 @@ def forward_returns_loss(ctx):
     for loss_type in ("l1", "l2"):
         r = ctx.probe("forward", {"T": T, "loss_type": loss_type, "channels": c, "image_size": s},
                       dict(buffer_arrays(ctx, T), x_0=x_0, noise=noise), key="fr")
-        what = f"forward (loss_type={loss_type!r}, T={T}, x_0 {tuple(x_0.shape)})"
+        what = f"forward (loss_type={loss_type!r}, T={T}, x_0 {tuple(x_0.shape)}; reference p_loss)"
         if not r.ok:
             return ctx.failed(r, what)
         if r.header.get("model_calls") != 1 or "model_t" not in r.arrays:
-            return fail([f"{what}: called the model {r.header.get('model_calls')} times"])
+            return fail([f"{what}: called p_loss {r.header.get('model_calls')} times, expected once"])
         t = torch.from_numpy(r.arrays["model_t"]).to(torch.int64)
         if t.shape != (b,) or int(t.min()) < 0 or int(t.max()) >= T:
-            return fail([f"{what}: the model got t={t.tolist()}"])
-        ref = reference_of(ctx, T, loss_type=loss_type)
-        expected = ref.p_loss(x_0, t, noise).detach().double()
-        # Same error budget as p_loss: bounded by K u (|loss| + mean|noise| + 1) per element.
-        tol = bound(expected, noise.abs().mean(), 1.0) * math.log2(x_0.numel())
-        ok, lines = compare(r.arrays["loss"].reshape(()), expected, tol, what=what)
+            return fail([f"{what}: p_loss got t={t.tolist()}"])
+        expected, tol = p_loss_expected(ctx, T, "cosine", loss_type, x_0, t, noise)
+        got, other = returned(r, "loss")
+        ok, lines = compare(got.reshape(()) if got is not None and got.size == 1 else got,
+                            expected, tol, what=what, returned=other)
         if not ok:
-            return fail(lines, "return self.p_loss(x_0, t, noise).")
+            return fail(lines, "return self.p_loss(x_0, t, noise)." if got is not None else None)
+        if not r.header.get("requires_grad"):
+            return fail([f"{what}: the returned loss is not differentiable (no gradient reaches "
+                         "the model)"],
+                        "return the tensor p_loss gives, without .item(), .detach() or "
+                        "torch.no_grad().")
     return Verdict.ok()
 
 
@@ -409,14 +591,28 @@ def requires(ctx, test_id, what):
                         f"right, and this failed first:\n{v.message}")
 
 
+def _device_hint(error):
+    """A hint that fits the cause the error shows (the line of the student's file that raised)."""
+    if "plain tensor attribute" in error:
+        return ("register it with self.register_buffer(name, tensor) in __init__ so that "
+                ".to(device) moves it (or move it with .to(x.device) where you use it).")
+    code = error.rsplit(": ", 1)[-1] if " line " in error else ""
+    if any(c in code for c in CREATORS):
+        return ("pass device=x.device (or the model's device) where this line creates a tensor: "
+                "torch.randint / torch.full / torch.randn / noise_like.")
+    return "every tensor this line uses must be on the input's device."
+
+
 def _meta(ctx, method, what, **cfg):
     T = cfg.pop("T", 10)
-    r = ctx.probe("meta", dict({"T": T, "method": method, "channels": 1, "image_size": 4}, **cfg),
-                  buffer_arrays(ctx, T), key="meta")
+    cuda = bool(ctx.cuda)
+    r = ctx.probe("meta", dict({"T": T, "method": method, "channels": 1, "image_size": 4,
+                                "cuda": cuda}, **cfg), buffer_arrays(ctx, T), key="meta")
     if r.ok:
-        if r.header.get("device") != "meta":
-            return fail([f"{what}: returned a tensor on {r.header.get('device')!r} for inputs and "
-                         "a model on another device"],
+        want = r.header.get("expected_device", "meta")
+        if r.header.get("device") != want:
+            return fail([f"{what}: returned {r.header.get('device')!r} for inputs and a model on "
+                         f"device {want!r}"],
                         "create tensors with device=x.device (or the model's device), and do not "
                         "call .cpu() or .to('cpu') on results.")
         return Verdict.ok()
@@ -424,10 +620,8 @@ def _meta(ctx, method, what, **cfg):
         return ctx.failed(r, what)
     message = r.error.lower()
     if r.status == "error" and any(k in message for k in DEVICE_ERRORS):
-        return fail([f"{what}: a tensor was created on the CPU while the model, buffers and "
-                     f"inputs were on another device:", f"  {r.error}"],
-                    "pass device=x.device to torch.randint / torch.full / noise_like (a GPU "
-                    "run would fail the same way).")
+        return fail([f"{what}: a tensor on the CPU met the model, buffers and inputs on another "
+                     "device:", f"  {r.error}"], _device_hint(r.error))
     if r.status == "error" and "meta" in message:
         # An operation the meta device cannot run (e.g. .item()): fine on a real device.
         return Verdict.ok("device placement could not be probed (operation unsupported on the "
@@ -435,41 +629,19 @@ def _meta(ctx, method, what, **cfg):
     return ctx.failed(r, what)
 
 
+def _device_what(fn):
+    return f"{fn} (everything on another device: CUDA if the grader has it, else 'meta')"
+
+
 @graded("forward_device")
 def forward_device(ctx):
-    gate = requires(ctx, "forward_returns_loss", "forward (everything on device 'meta')")
+    gate = requires(ctx, "forward_returns_loss", _device_what("forward"))
     if gate:
         return gate
-    return _meta(ctx, "forward", "forward (everything on device 'meta')")
+    return _meta(ctx, "forward", _device_what("forward"))
 
 
 # ------------------------------------------------------------------ p_sample
-
-def _p_sample_expected(ctx, T, schedule, x, t_index, seed, c):
-    """Reference output and its derived float32 error bound (per element)."""
-    ref = reference_of(ctx, T, schedule, channels=c)
-    z = probe_noise(seed, 0, x.shape)
-    ref.noise_like = lambda shape, device, z=z: z
-    t = torch.full((x.shape[0],), t_index, dtype=torch.long)
-    expected = ref.p_sample(x, t, t_index).double()
-    with torch.no_grad():
-        eps = ref.model(x, t).double()
-    s0, s1 = col(ref.sqrt_alphas_cumprod, t), col(ref.sqrt_one_minus_alphas_cumprod, t)
-    c1, c2 = col(ref.posterior_mean_coef1, t), col(ref.posterior_mean_coef2, t)
-    var = col(ref.posterior_variance, t)
-    xd = x.double()
-    x0_raw = (xd - s1 * eps) / s0
-    # x0_hat = (x - s1 eps) / s0: the numerator's rounding is amplified by 1/s0 (~2e4 near
-    # t = T for T = 1000). Clamping is 1-Lipschitz, and exact where |x0_hat| exceeds 1 by more
-    # than its error. Then the mean c1 x0_hat + c2 x and the noise term sqrt(var) z.
-    e_x0 = bound(xd, s1 * eps) / s0 + bound(x0_raw)
-    e_x0 = torch.where(x0_raw.abs() - e_x0 > 1, torch.zeros_like(e_x0), e_x0)
-    x0c = x0_raw.clamp(-1, 1)
-    tol = c1 * e_x0 + bound(c1 * x0c, c2 * xd)
-    if t_index > 0:
-        tol = tol + bound(var.sqrt() * z.double(), var.sqrt() * z.double())
-    return expected, tol
-
 
 def _p_sample_cases(ctx, cases, what_fmt, hint):
     for k, (T, schedule, t_index, c, scale) in enumerate(cases):
@@ -485,10 +657,12 @@ def _p_sample_cases(ctx, cases, what_fmt, hint):
         if r.header.get("model_calls") != 1:
             return fail([f"{what}: called the model {r.header.get('model_calls')} times, "
                          "expected once"])
-        expected, tol = _p_sample_expected(ctx, T, schedule, x, t_index, seed, c)
-        ok, lines = compare(r.arrays["out"], expected, tol, what=what)
+        z = probe_noise(seed, 0, x.shape)
+        expected, tol = p_sample_expected(ctx, T, schedule, x, t_index, z)
+        got, other = returned(r, "out")
+        ok, lines = compare(got, expected, tol, what=what, returned=other)
         if not ok:
-            return fail(lines, hint)
+            return fail(lines, hint if got is not None else None)
     return Verdict.ok()
 
 
@@ -522,12 +696,11 @@ def p_sample_clamp(ctx):
 
 @graded("p_sample_device")
 def p_sample_device(ctx):
-    gate = requires(ctx, "p_sample_noise", "p_sample (everything on device 'meta')")
+    gate = requires(ctx, "p_sample_noise", _device_what("p_sample"))
     if gate:
         return gate
     for t_index in (5, 0):
-        v = _meta(ctx, "p_sample", f"p_sample (t_index={t_index}, everything on device 'meta')",
-                  t_index=t_index)
+        v = _meta(ctx, "p_sample", _device_what(f"p_sample (t_index={t_index})"), t_index=t_index)
         if not v.passed:
             return v
     return v
@@ -535,17 +708,22 @@ def p_sample_device(ctx):
 
 # ------------------------------------------------------------------ p_sample_loop
 
+def _stub_chain(site, img, T):
+    """The stand-in p_sample's chain x <- 0.9 x + 0.05 sin(i + 1), each state mapped to [0, 1]."""
+    states = [img]
+    for i in reversed(range(T)):
+        c = site(f"c{i}", torch.full_like(img, 0.05 * math.sin(i + 1.0)))
+        states.append(site(f"s{i}", site(f"p{i}", 0.9 * states[-1]) + c))
+    stacked = torch.stack(torch.broadcast_tensors(*states), dim=-5)
+    return site("u", (stacked + 1)) / 2
+
+
 def _loop_isolated(ctx, T, b=3, c=1, s=4):
     img = normal(600 + T, b, c, s)
     r = ctx.probe("p_sample_loop_isolated", {"T": T, "channels": c, "image_size": s},
                   dict(buffer_arrays(ctx, T), img=img), key="li")
-    states = [img]
-    for i in reversed(range(T)):
-        states.append(stub_p_sample_value(states[-1], i))
-    stacked = ((torch.stack(states).double() + 1) / 2).clamp(0, 1)
-    # Each stand-in step rounds twice (0.9 x, + c) in float32: 2 u (|x| + 0.05) per step.
-    tol = torch.stack([4 * U32 * (k + 1) * (s.abs().double() + 0.05) for k, s in enumerate(states)])
-    return r, img, stacked, tol
+    mapped, tol = allowance([Form(_stub_chain)], img=img.double(), T=T)
+    return r, img, mapped.clamp(0, 1), tol
 
 
 @graded("loop_order")
@@ -573,9 +751,11 @@ def loop_output(ctx):
     what = f"p_sample_loop (T={T}, img {tuple(img.shape)}, p_sample replaced by a known map)"
     if not r.ok:
         return ctx.failed(r, what)
-    ok, lines = compare(r.arrays["final"], stacked[-1], tol[-1], what=what)
+    got, other = returned(r, "final")
+    ok, lines = compare(got, stacked[-1], tol[-1], what=what, returned=other)
     if not ok:
-        return fail(lines, "return unnormalize(final state): (x + 1) / 2 clamped to [0, 1].")
+        return fail(lines, "return unnormalize(final state): (x + 1) / 2 clamped to [0, 1]."
+                    if got is not None else None)
     return Verdict.ok()
 
 
@@ -586,64 +766,53 @@ def loop_all_timesteps(ctx):
     what = f"p_sample_loop (T={T}, return_all_timesteps=True)"
     if not r.ok:
         return ctx.failed(r, what)
-    ok, lines = compare(r.arrays["all"], stacked, tol, what=what)
+    got, other = returned(r, "all")
+    ok, lines = compare(got, stacked, tol, what=what, returned=other)
     if not ok:
         return fail(lines, "stack the start and the state after every step (T + 1 entries), "
-                           "each mapped to [0, 1] with unnormalize.")
+                           "each mapped to [0, 1] with unnormalize." if got is not None else None)
     return Verdict.ok()
 
 
 @graded("loop_end_to_end")
 def loop_end_to_end(ctx):
+    """Integration: the student's p_sample_loop around the student's p_sample."""
     for T in (1, 2, 10):
         img = normal(650 + T, 2, 1, 4)
         seed = 90 + T
         r = ctx.probe("p_sample_loop", {"T": T}, dict(buffer_arrays(ctx, T), img=img),
                       key="le", noise_seed=seed)
-        what = f"p_sample_loop (T={T}, your p_sample)"
+        what = f"integration: p_sample_loop (T={T}) with your p_sample"
         if not r.ok:
             return ctx.failed(r, what)
-        ref = reference_of(ctx, T)
-        draws = iter(range(T + 1))
-        ref.noise_like = lambda shape, device, d=draws, s=seed: probe_noise(s, next(d), shape)
-        x = img
-        err = torch.zeros_like(img, dtype=torch.float64)
-        for i in reversed(range(T)):
-            expected_step, tol_step = _p_sample_expected_state(ctx, ref, x, i)
-            # Propagate: a step is Lipschitz in x with constant c2 + c1 (1 + s1 L_model) / s0.
-            lip = float(ref.posterior_mean_coef2[i] + ref.posterior_mean_coef1[i]
-                        * (1 + ref.sqrt_one_minus_alphas_cumprod[i] * ref.model.lipschitz)
-                        / ref.sqrt_alphas_cumprod[i])
-            err = lip * err.abs().max() + tol_step
-            x = expected_step
-        expected = ((x.double() + 1) / 2).clamp(0, 1)
-        ok, lines = compare(r.arrays["final"], expected, err / 2 + U32, what=what)
+        b, _ = exact(ctx, T)
+        x, err = img.double(), torch.zeros(img.shape, dtype=torch.float64)
+        for k, i in enumerate(reversed(range(T))):
+            step, tol_step = p_sample_expected(ctx, T, "cosine", x.float(), i,
+                                               probe_noise(seed, k, img.shape))
+            # A step is Lipschitz in x with constant c2 + c1 (1 + s1 L_model) / s0 (the clamp is
+            # 1-Lipschitz); the previous steps' error passes through it.
+            lip = float(b["posterior_mean_coef2"][i] + b["posterior_mean_coef1"][i]
+                        * (1 + b["sqrt_one_minus_alphas_cumprod"][i] * 0.8)
+                        / b["sqrt_alphas_cumprod"][i])
+            err = lip * err.abs().max() + tol_step + K * U32 * step.abs()
+            x = step
+        expected = ((x + 1) / 2).clamp(0, 1)
+        got, other = returned(r, "final")
+        ok, lines = compare(got, expected, err / 2 + K * U32, what=what, returned=other)
         if not ok:
-            return fail(lines, "check p_sample first (its own tests); the loop feeds each "
+            return fail(lines, "look at p_sample first (its own tests); the loop feeds each "
                                "output back as the next input.")
     return Verdict.ok()
 
 
-def _p_sample_expected_state(ctx, ref, x, i):
-    t = torch.full((x.shape[0],), i, dtype=torch.long)
-    out = ref.p_sample(x, t, i)
-    with torch.no_grad():
-        eps = ref.model(x, t).double()
-    s0, s1 = col(ref.sqrt_alphas_cumprod, t), col(ref.sqrt_one_minus_alphas_cumprod, t)
-    c1, c2 = col(ref.posterior_mean_coef1, t), col(ref.posterior_mean_coef2, t)
-    xd = x.double()
-    x0_raw = (xd - s1 * eps) / s0
-    tol = c1 * (bound(xd, s1 * eps) / s0 + bound(x0_raw)) + bound(c1 * x0_raw.clamp(-1, 1), c2 * xd)
-    tol = tol + bound(out.double()) + bound(col(ref.posterior_variance, t).sqrt())
-    return out, tol
-
-
 @graded("loop_device")
 def loop_device(ctx):
-    gate = requires(ctx, "loop_output", "p_sample_loop (T=3, everything on device 'meta')")
+    what = _device_what("p_sample_loop (T=3)")
+    gate = requires(ctx, "loop_output", what)
     if gate:
         return gate
-    return _meta(ctx, "p_sample_loop", "p_sample_loop (T=3, everything on device 'meta')", T=3)
+    return _meta(ctx, "p_sample_loop", what, T=3)
 
 
 # ------------------------------------------------------------------ sample
@@ -676,10 +845,11 @@ def sample_start(ctx):
 
 @graded("sample_device")
 def sample_device(ctx):
-    gate = requires(ctx, "sample_start", "sample (model on device 'meta')")
+    what = _device_what("sample")
+    gate = requires(ctx, "sample_start", what)
     if gate:
         return gate
-    return _meta(ctx, "sample", "sample (model on device 'meta')", T=3)
+    return _meta(ctx, "sample", what, T=3)
 
 
 # ------------------------------------------------------------------ training smoke test
@@ -709,7 +879,7 @@ def _training(ctx):
 @graded("training_loss")
 def training_loss(ctx):
     r = _training(ctx)
-    what = (f"training (Unet(dim=8, dim_mults=(1, 2), channels=1), T={TRAIN['T']}, "
+    what = (f"integration: training (Unet(dim=8, dim_mults=(1, 2), channels=1), T={TRAIN['T']}, "
             f"{TRAIN['steps']} Adam steps through forward)")
     if not r.ok:
         return ctx.failed(r, what)
@@ -730,7 +900,7 @@ def training_loss(ctx):
 
 @graded("training_sample")
 def training_sample(ctx):
-    what = "training: sample(4) from the trained U-Net"
+    what = "integration: sample(4) from the trained U-Net"
     for gate_id in ("sample_start", "loop_output"):
         gate = requires(ctx, gate_id, what)
         if gate:
