@@ -99,18 +99,31 @@ class _Sites:
 
     def __init__(self, names=None):
         self.recording = names is None
-        self.names = {} if names is None else names
-        self.n = 2 * len(self.names) + 1
+        self.names = {} if names is None else names  # name: (first index, ndim, colors)
+        self.count = sum(c for _, _, c in self.names.values())
+        self.n = 2 * self.count + 1
 
-    def __call__(self, name, value, err=None):
+    def __call__(self, name, value, err=None, colors=1):
+        """`value` as a float32 quantity. By default its elements move together: exact wherever
+        each output element depends on one of them (element-wise, or gathered at t), and right
+        for one stored quantity read twice. colors=c: element j moves with the elements j' = j
+        (mod c) only; for a vector whose element j is rounded on its own and an output element
+        that depends on elements at most c - 1 apart (plus cancelling ones), this separates their
+        roundings as if each were perturbed alone (Curtis-Powell-Reid compression)."""
         if self.recording:
-            self.names.setdefault(name, (len(self.names), value.dim()))
+            if name not in self.names:
+                self.names[name] = (self.count, value.dim(), colors)
+                self.count += colors
             return value
-        k, ndim = self.names[name]
+        k, ndim, colors = self.names[name]
         e = U32 * value.abs() if err is None else torch.as_tensor(err, dtype=torch.float64)
-        step = torch.zeros(self.n, dtype=torch.float64)
-        step[2 * k + 1], step[2 * k + 2] = self.STEP, -self.STEP
-        return value + step.reshape(-1, *([1] * ndim)) * e
+        shape = tuple(value.shape[value.dim() - ndim:])
+        numel = math.prod(shape)
+        color = torch.arange(numel) % colors
+        step = torch.zeros(self.n, numel, dtype=torch.float64)
+        j = torch.arange(numel)
+        step[2 * (k + color) + 1, j], step[2 * (k + color) + 2, j] = self.STEP, -self.STEP
+        return value + step.reshape(self.n, *shape) * e
 
     def clamp(self, x, ndim, lo=-1.0, hi=1.0, guard=1e-3):
         """clamp(x) (x has `ndim` dimensions unperturbed) that passes perturbations where the
@@ -139,7 +152,7 @@ class Form:
         value = self.fn(record, **inputs)
         if not record.names:
             return value, torch.zeros_like(value)
-        out = self.fn(_Sites(record.names), **inputs)
+        out = self.fn(_Sites(dict(record.names)), **inputs)
         if out.dim() == value.dim():  # no site reached the output
             return value, torch.zeros_like(value)
         jvps = (out[1::2] - out[2::2]) / (2 * _Sites.STEP)

@@ -19,7 +19,7 @@ from autograder.runtime.sandbox import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("Diffusion.__init__", "q_sample", "q_posterior", "p_loss", "forward", "p_sample",
-             "p_sample_loop", "sample", "training")
+             "p_sample_loop", "sample", "integration")
 
 
 @pytest.fixture(scope="session")
