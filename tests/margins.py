@@ -115,13 +115,17 @@ def margins(catalogue, mutant_keys, correct_keys):
     return rows
 
 
+def _fmt(margin):
+    return "inf (exact)" if margin > 1e100 else f"{margin:.3g}"  # an allowance of 0: exact checks
+
+
 def table(rows):
     lines = ["| test | bugs caught (numeric / structural / exact checks) | min margin | median "
              "margin | weakest bug | worst correct ratio |", "|---|---|---|---|---|---|"]
     for test_id, row in rows.items():
         num = sorted(row["numeric"])
-        lo = f"{num[0][0]:.3g}" if num else "-"
-        med = f"{statistics.median(r for r, _ in num):.3g}" if num else "-"
+        lo = _fmt(num[0][0]) if num else "-"
+        med = _fmt(statistics.median(r for r, _ in num)) if num else "-"
         weakest = num[0][1] if num else ""
         lines.append(f"| {test_id} | {len(num)} / {len(row['structural'])} / {len(row['other'])} "
                      f"| {lo} | {med} | {weakest} | {row['correct_worst']:.3g} |")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from margins import MIN_MARGIN, Catalogue, correct_sources, grade_all, margins, without_integration
 from margins import table as table_of_margins
 from submissions.hostile_cases import HOSTILE
@@ -324,3 +325,22 @@ def test_hostile_submission_gets_no_undeserved_points(tmp_path, case):
         assert not forged, f"the submission forged a results.json outside its sandbox: {forged}"
         for litter in _forged([Path("/tmp/results.json")]):  # harmless there; ours to clean up
             Path(litter).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- devices
+
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_device_probe_catches_a_plain_cpu_attribute(catalogue, device):
+    """A CPU-only grader probes on the meta device, a GPU grader on CUDA; both catch a plain
+    (unregistered) tensor attribute, which .to(device) leaves on the CPU, and say so."""
+    (mutant,) = [m for m in MUTANTS if m.name == "p_sample_plain_cpu_attribute"]
+    folder = catalogue.folder / f"device-{device}"
+    folder.mkdir(mode=0o700)
+    (folder / "diffusion.py").write_text(mutant_source(mutant))
+    results = grade_submission(folder, sandbox=catalogue.sandbox, modules=catalogue.no_integration,
+                               cuda=device == "cuda")
+    lost = [t for t in results["tests"] if t["score"] < t["max_score"]]
+    assert [function_of(t) for t in lost] == ["p_sample"], table(results)
+    assert f"used with tensors on {device}" in lost[0]["output"], lost[0]["output"]
+    assert "register_buffer" in lost[0]["output"]  # the hint fits the cause

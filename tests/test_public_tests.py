@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from submissions.correct_forms import ALTERNATES
 from submissions.stubs import stub_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,15 @@ def test_public_tests_pass_on_the_reference(tmp_path):
 @pytest.mark.parametrize("path", CORRECT, ids=[p.stem for p in CORRECT])
 def test_public_tests_pass_on_correct_alternates(tmp_path, path):
     code, output, _ = run_public(path, tmp_path)  # a file is accepted as well as a folder
+    assert code == 0, output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alternate", ALTERNATES, ids=[a.name for a in ALTERNATES])
+def test_public_tests_pass_on_correct_forms(tmp_path, alternate):
+    """The forms the grader gives full marks (tests/submissions/correct_forms.py, float32
+    schedules included) pass the public tests too: their tolerances are no tighter."""
+    code, output, _ = run_public(stage(tmp_path, alternate.source()), tmp_path)
     assert code == 0, output[-3000:]
 
 

@@ -162,6 +162,9 @@ def assert_matches(name, got, expected, rtol, atol, hint=""):
 # solution may compute its coefficients in float32 (relative error up to eps32 / (1 - abar_1), about
 # 6e-8 / 4e-3 = 1.5e-5 at T = 50) or do all arithmetic in float64; outputs are O(1) with inputs up
 # to about 5, so the two differ by at most ~1e-4 after the few multiply-adds of one step, and
-# 20-step sampling loops contract (x0_hat is clamped). Measured on four correct solutions written
-# differently (float32 and float64 arithmetic): worst difference 8.3e-6, in p_sample.
+# 20-step sampling loops contract (x0_hat is clamped). This is looser than the grader's allowances
+# (autograder/checks.py: the same float32 error model, worked out per element), so whatever the
+# grader accepts passes here: tests/test_public_tests.py runs every correct form of the grader's
+# catalogue (float32 schedules, eq. (3) inline, the eps-form, float64 throughout, ...) through these
+# tests. Measured on the four files of correct/: worst difference 8.3e-6, in p_sample.
 OUT_RTOL, OUT_ATOL = 1e-4, 1e-4
