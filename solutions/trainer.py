@@ -156,6 +156,7 @@ class Trainer:
         self.fids = []    # (step, fid)
         self._train_step = None  # built at the first train(), after a possible load()
         self._sampler = None
+        self.log = tqdm.write  # where a fast path's fallback note goes
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -207,7 +208,7 @@ class Trainer:
         if self._train_step is None:
             self._train_step = fast_path.make_train_step(
                 self.diffusion, self.optimizer, self.fast, autocast=self._autocast,
-                scaler=self.scaler, compile_backend=self.compile_backend, log=tqdm.write)
+                scaler=self.scaler, compile_backend=self.compile_backend, log=self.log)
         return self._train_step
 
     @property
@@ -215,8 +216,17 @@ class Trainer:
         """n -> n images in [0, 1] on the device, through the fast path (built on first use)."""
         if self._sampler is None:
             self._sampler = fast_path.make_sampler(
-                self.diffusion, self.fast, compile_backend=self.compile_backend, log=tqdm.write)
+                self.diffusion, self.fast, compile_backend=self.compile_backend, log=self.log)
         return self._sampler
+
+    def run_step(self, images):
+        """One optimizer step on a batch from the loader; returns its loss (on the device)."""
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = self.train_step(images)
+        self.step += 1
+        return loss
 
     def train(self):
         """Train until self.train_steps; returns the list of (step, loss)."""
@@ -231,11 +241,7 @@ class Trainer:
         with tqdm(total=self.train_steps, initial=self.step, desc="training",
                   dynamic_ncols=True) as bar:
             while self.step < self.train_steps:
-                images = next(batches).to(self.device, non_blocking=True)
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                loss = self.train_step(images)
-                self.step += 1
+                loss = self.run_step(next(batches))
                 pending.append((self.step, loss))
 
                 save_now = (self.step % self.save_and_sample_every == 0
