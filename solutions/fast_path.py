@@ -85,15 +85,16 @@ class EagerStep:
     name = "off"
     ready = True
 
-    def __init__(self, diffusion, optimizer, *, autocast=nullcontext, scaler=None):
+    def __init__(self, diffusion, optimizer, *, autocast=nullcontext, scaler=None,
+                 set_to_none=True):
         self.diffusion = diffusion
         self.optimizer = optimizer
         self.autocast = autocast
         self.scaler = scaler
+        self.set_to_none = set_to_none
 
     def __call__(self, images):
-        # set_to_none=False keeps .grad in the same tensors (those of a captured graph, if any).
-        self.optimizer.zero_grad(set_to_none=False)
+        self.optimizer.zero_grad(set_to_none=self.set_to_none)
         with self.autocast():
             loss = self.diffusion(images)
         if self.scaler is not None and self.scaler.is_enabled():
@@ -149,7 +150,8 @@ class GraphedStep:
         self.optimizer = optimizer
         self.autocast = autocast
         self.warmup = int(warmup)
-        self.eager = EagerStep(diffusion, optimizer, autocast=autocast)
+        # Zeroing in place keeps .grad in the graph's tensors across an eager step.
+        self.eager = EagerStep(diffusion, optimizer, autocast=autocast, set_to_none=False)
         self.calls = 0
         self.graph = None
         self.static_images = None

@@ -108,7 +108,8 @@ class Trainer:
         channels_last: on CUDA, the channels_last memory format (also slower at this size).
         compile_backend: torch.compile's backend for fast="compile" (tests use "eager").
         seed: seeds data order and sampling; the caller seeds the model's initialisation.
-        fid_evaluator: optional callable diffusion -> FID (see fid.FIDEvaluator).
+        fid_evaluator: optional callable (diffusion, sampler=n -> images) -> FID (see
+            fid.FIDEvaluator); the trainer passes its fast-path sampler.
         log_fn: optional callable (metrics: dict, step: int, images: dict name -> path),
             e.g. for Weights & Biases.
         num_workers: DataLoader worker processes.
@@ -177,6 +178,7 @@ class Trainer:
         ckpt = load_checkpoint(path)
         self.diffusion.model.load_state_dict(ckpt["model"])
         fast_path.load_optimizer_state(self.optimizer, ckpt["optimizer"])
+        self._train_step = None  # a captured graph would still point at the old Adam state
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
