@@ -167,6 +167,56 @@ def trainer_steps_per_second(config=COLAB, device=None, fast="auto", *, steps=5,
                 "failure": step.failure}
 
 
+def training_rates(config=COLAB, device=None, modes=("auto",), *, steps=5, repeats=3,
+                   log=print):
+    """Steps/s of a bare eager step and of our Trainer under each --fast mode, from one run.
+
+    Timed calls of the bare step and of each trainer alternate (see `interleaved`), so load
+    changes on a shared machine hit all alike; each call runs `steps` steps, after the warm-up
+    (and capture or compilation) of each.
+
+    Returns:
+        dict: bare (steps/s), noise (largest relative distance of one run from its median),
+        and per mode: {steps_per_s, ratio (to bare), path (after any fallback), failure}.
+    """
+    device = torch.device(device or default_device())
+    diffusion = build_diffusion(config, device)
+    diffusion.train()
+    optimizer = torch.optim.Adam(diffusion.parameters(), lr=config.learning_rate)
+    x_0 = normalize(torch.rand(config.batch_size, config.channels, config.image_size,
+                               config.image_size, device=device))
+
+    def bare():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            diffusion(x_0).backward()
+            optimizer.step()
+
+    runs = {"bare": bare}
+    with tempfile.TemporaryDirectory() as folder:
+        trainers = {}
+        for mode in dict.fromkeys(modes):
+            trainer = trainers[mode] = make_trainer(config, device, mode, folder)
+            trainer.log = log
+            trainer.diffusion.train()
+            batches = trainer._batches()
+            for _ in range(fast_path.GRAPH_WARMUP_STEPS + 2):
+                trainer.run_step(next(batches))
+            runs[mode] = (lambda t=trainer, b=batches:
+                          [t.run_step(next(b)) for _ in range(steps)])
+        time_runs(bare, warmup=1, repeats=0, device=device)
+        seconds = {name: [] for name in runs}
+        for name, fn in interleaved(runs, repeats):
+            seconds[name] += time_runs(fn, warmup=0, repeats=1, device=device)
+    rate = {name: steps / statistics.median(s) for name, s in seconds.items()}
+    noise = max(abs(x / statistics.median(s) - 1) for s in seconds.values() for x in s)
+    result = {"bare": rate["bare"], "noise": noise}
+    for mode, trainer in trainers.items():
+        result[mode] = {"steps_per_s": rate[mode], "ratio": rate[mode] / rate["bare"],
+                        "path": trainer.train_step.name, "failure": trainer.train_step.failure}
+    return result
+
+
 # ---------------------------------------------------------------- the two samplers
 
 def diffusers_scheduler(timesteps):
@@ -418,18 +468,18 @@ def main(argv=None):
         return f"; fell back to eager: {failure}" if failure else ""
 
     quiet = lambda message: None  # noqa: E731 -- the rows say it, shorter
-    bare = training_steps_per_second(COLAB, device, steps=args.train_steps,
-                                     repeats=args.repeats)
+    training = training_rates(COLAB, device, ("auto", args.fast), steps=args.train_steps,
+                              repeats=args.repeats, log=quiet)
+    bare = training["bare"]
     row("training, bare eager step", f"{bare:.2f} steps/s",
         f"{bare * COLAB.batch_size:.1f} images/s")
     for label, mode in (("training, our trainer (--fast auto)", "auto"),
                         (f"training, fast path (--fast {args.fast})", args.fast)):
-        measured = trainer_steps_per_second(COLAB, device, mode, steps=args.train_steps,
-                                            repeats=args.repeats, log=quiet)
-        rate = measured["steps_per_s"]
-        row(label, f"{rate:.2f} steps/s",
-            f"{rate / bare:.2f}x bare eager; path: {measured['path']}"
+        measured = training[mode]
+        row(label, f"{measured['steps_per_s']:.2f} steps/s",
+            f"{measured['ratio']:.2f}x bare eager; path: {measured['path']}"
             f"{fell_back(measured['failure'])}")
+    row("", "", f"(one run differs from the next by up to +-{100 * training['noise']:.0f} %)")
     sampling = sampling_images_per_second(COLAB, device, repeats=args.repeats, fast=args.fast,
                                           log=quiet)
     check = sampling["check"]

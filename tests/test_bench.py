@@ -119,3 +119,13 @@ def test_the_report_has_every_row(monkeypatch, capsys):
         assert label in out, out
     assert "fell back to eager: RuntimeError: CUDA graphs need a CUDA device" in out
     assert "x bare eager" in out
+
+
+def test_training_rates_come_from_one_interleaved_run():
+    rates = ts.training_rates(TINY, "cpu", ("off", "graphs"), steps=1, repeats=2,
+                              log=lambda message: None)
+    assert rates["bare"] > 0 and rates["noise"] >= 0
+    assert rates["off"]["path"] == "off" and rates["off"]["failure"] is None
+    assert rates["graphs"]["path"] == "off" and "CUDA" in rates["graphs"]["failure"]
+    for mode in ("off", "graphs"):
+        assert rates[mode]["ratio"] == pytest.approx(rates[mode]["steps_per_s"] / rates["bare"])
