@@ -462,7 +462,7 @@ def main(argv=None):
               f"and noisy{hint}", flush=True)
 
     def row(label, value, note=""):
-        print(f"  {label:<36} {value:<16} {note}".rstrip(), flush=True)
+        print(f"  {label:<40} {value:<16} {note}".rstrip(), flush=True)
 
     def fell_back(failure):
         return f"; fell back to eager: {failure}" if failure else ""
