@@ -445,6 +445,9 @@ def main(argv=None):
     p.add_argument("--fid_images", type=int, default=None,
                    help="images of the FID-generation row (default: 1000 on CUDA, 0 = skip, "
                         "on the CPU)")
+    p.add_argument("--fid_batch", type=int, default=256,
+                   help="sampling batch of the FID-generation row (default: 256, main.py's on "
+                        "CUDA)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -503,8 +506,9 @@ def main(argv=None):
         fid_images = 1000 if device.type == "cuda" else 0
     if fid_images > 0:
         fid = fid_generation_seconds(COLAB, device, args.fast, num_images=fid_images,
-                                     repeats=args.repeats)
-        row(f"FID generation, {fid_images} images", f"{fid['seconds']:.3f} s",
+                                     batch_size=args.fid_batch, repeats=args.repeats)
+        row(f"FID generation, {fid_images} images, batch <= {args.fid_batch}",
+            f"{fid['seconds']:.3f} s",
             f"path: {fid['path']}; goal < 0.5 s for 1000 on an H100")
     overhead = sampler_overhead_ms(COLAB, device)
     row("sampler overhead per step, ours", f"{overhead['ours']:.3f} ms", "U-Net replaced by 0 * x")

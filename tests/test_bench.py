@@ -109,13 +109,13 @@ def test_fast_sampler_row_and_fid_generation_on_the_cpu():
 def test_the_report_has_every_row(monkeypatch, capsys):
     monkeypatch.setattr(ts, "COLAB", TINY)
     status = ts.main(["--device", "cpu", "--repeats", "1", "--train_steps", "1",
-                      "--fid_images", "6"])
+                      "--fid_images", "6", "--fid_batch", "4"])
     out = capsys.readouterr().out
     assert status == 0
     for label in ("training, bare eager step", "training, our trainer (--fast auto)",
                   "training, fast path (--fast graphs)", "sampling, ours (eager)",
                   "sampling, ours (--fast graphs)", "sampling, diffusers DDPMScheduler",
-                  "ratio ours (--fast graphs) / diffusers", "FID generation, 6 images"):
+                  "ratio ours (--fast graphs) / diffusers", "FID generation, 6 images, batch <= 4"):
         assert label in out, out
     assert "fell back to eager: RuntimeError: CUDA graphs need a CUDA device" in out
     assert "x bare eager" in out
