@@ -61,8 +61,24 @@ def sources(root=REPO):
 # ---------------------------------------------------------------- rubric
 
 
-def _md_inline(text):
+def _macros(key):
+    """The key's argument-free macros (\\newcommand{\\bx}{\\mathbf{x}}), to expand them in Markdown,
+    where only standard LaTeX math renders."""
+    found = re.findall(r"^\\newcommand\{\\([A-Za-z]+)\}\{(.*)\}\s*$", key, flags=re.M)
+    return {name: body for name, body in found}
+
+
+def _expand(text, macros):
+    if not macros:
+        return text
+    pattern = re.compile(r"\\(" + "|".join(sorted(macros, key=len, reverse=True)) + r")(?![A-Za-z])")
+    return pattern.sub(lambda m: macros[m.group(1)], text)
+
+
+def _md_inline(text, macros=None):
     """LaTeX prose -> Markdown (math stays between $...$, which GitHub and Gradescope render)."""
+    text = _expand(text, macros)
+    text = text.replace("\\_", "_").replace("\\textbackslash ", "\\").replace("\\textbackslash{}", "\\")
     text = re.sub(r"\\emph\{([^{}]*)\}", r"*\1*", text)
     text = re.sub(r"\\textbf\{([^{}]*)\}", r"**\1**", text)
     text = re.sub(r"\\texttt\{([^{}]*)\}", r"`\1`", text)
@@ -74,16 +90,17 @@ def _md_inline(text):
 def parse_questions(key):
     """Questions of the key, in order: dicts with id, points, section, source, rubric (a list of
     (points, text)) and errors (a list of text)."""
-    questions, section, current, env, item = [], None, None, None, None
+    questions, section, current, env, item, src_buf = [], None, None, None, None, None
+    macros = _macros(key)
 
     def close_item():
         nonlocal item
         if item is not None and current is not None:
             pts, words = item
             if env == "rubric":
-                current["rubric"].append((pts, _md_inline(" ".join(words))))
+                current["rubric"].append((pts, _md_inline(" ".join(words), macros)))
             elif env == "errors":
-                current["errors"].append(_md_inline(" ".join(words)))
+                current["errors"].append(_md_inline(" ".join(words), macros))
         item = None
 
     for raw in key.splitlines():
@@ -98,9 +115,22 @@ def parse_questions(key):
             current = {"id": found.group(1), "points": float(found.group(2)),
                        "section": section, "source": "", "rubric": [], "errors": []}
             questions.append(current)
-        src = re.search(r"\\source\{(.*)\}", stripped)
-        if src and current is not None and env is None:
-            current["source"] = _md_inline(src.group(1))
+        if src_buf is not None:
+            src_buf.append(stripped)
+        elif "\\source{" in stripped and current is not None and env is None:
+            src_buf = [stripped[stripped.index("\\source{") + len("\\source{"):]]
+        if src_buf is not None:  # a \source{...} may span lines: read to its closing brace
+            joined = " ".join(src_buf)
+            depth, end = 1, None
+            for k, ch in enumerate(joined):
+                depth += {"{": 1, "}": -1}.get(ch, 0)
+                if depth == 0:
+                    end = k
+                    break
+            if end is not None:
+                current["source"] = _md_inline(joined[:end], macros)
+                src_buf = None
+            continue
         begin = re.match(r"\\begin\{(rubric|errors)\}", stripped)
         if begin:
             env = begin.group(1)
