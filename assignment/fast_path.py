@@ -178,8 +178,7 @@ class GraphedStep:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 loss = self.eager(images)
-            torch.cuda.current_stream().wait_stream(side)
-            return loss
+            return _on_current_stream(loss, side)
         if self.graph is None:
             self._capture(images)  # records only: the step itself runs in the replay below
         elif images.shape != self.static_images.shape:
@@ -189,6 +188,15 @@ class GraphedStep:
         self.graph.replay()
         self.ready = True
         return self.static_loss.clone()
+
+
+def _on_current_stream(tensor, side):
+    """Hand a tensor made on the `side` stream to the current one (wait, and keep its memory
+    from being reused while the current stream may still read it)."""
+    current = torch.cuda.current_stream()
+    current.wait_stream(side)
+    tensor.record_stream(current)
+    return tensor
 
 
 STEPS = {"off": EagerStep, "compile": CompiledStep, "graphs": GraphedStep}
@@ -313,9 +321,8 @@ class GraphedSampler:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 images = self.diffusion.sample(n)
-            torch.cuda.current_stream().wait_stream(side)
             self.warmed.add(n)
-            return images
+            return _on_current_stream(images, side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self.diffusion.sample(n)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from diffusion import LOSSES, SCHEDULES, Diffusion, unnormalize
-from fast_path import FAST_MODES
+from fast_path import FAST_MODES, resolve_mode
 from image_data import DATASETS, DatasetError, load_dataset, resolve_folder
 from trainer import Trainer, load_checkpoint
 from unet import Unet
@@ -262,7 +262,8 @@ def main(argv=None):
     diffusion = build_diffusion(config)
     n_params = sum(p.numel() for p in diffusion.model.parameters())
     print(f"{args.dataset}: {len(dataset)} images, {channels}x{args.image_size}x{args.image_size}; "
-          f"U-Net {n_params / 1e6:.2f}M parameters; T={args.time_steps}; device {args.device}")
+          f"U-Net {n_params / 1e6:.2f}M parameters; T={args.time_steps}; device {args.device}, "
+          f"fast path {resolve_mode(args.fast, args.device)}")
 
     if args.visualize:
         from visualize import visualize
