@@ -12,10 +12,11 @@ Python to launch the next of a few hundred tiny kernels. Two ways around that:
   off      plain eager PyTorch.
   auto     graphs on CUDA, off on the CPU (measured: see the README's benchmark section).
 
-Both fast paths need code they can trace as a whole: a `forward` that calls `.item()`, moves
-data to the CPU or branches on a tensor's value cannot be captured. Then the step falls back
-to eager with one line saying why, and training goes on (the failed batch is redone eagerly,
-so no step is lost or done twice).
+Both fast paths need code they can trace as a whole: a `forward` that calls `.item()` or moves
+data to the CPU cannot be captured in a CUDA graph, and one that branches on a tensor's value
+can be neither captured nor compiled whole. Then the step falls back to eager with one line
+saying why, and training goes on (the failed batch is redone eagerly, so no step is lost or
+done twice).
 
 What each path returns is what eager returns, up to the order of floating-point operations and
 random numbers (the same distribution; not the same draws), so losses agree in distribution.
@@ -199,9 +200,6 @@ def _on_current_stream(tensor, side):
     return tensor
 
 
-STEPS = {"off": EagerStep, "compile": CompiledStep, "graphs": GraphedStep}
-
-
 class WithFallback:
     """Call a fast implementation; if it fails before it is ready, say why once, go eager.
 
@@ -234,11 +232,22 @@ class WithFallback:
             self.fallback(error)
             return self.eager(*args)
 
-    def fallback(self, error):
+    def fallback(self, error, name=None):
         self.failure = one_line(error)
-        self.log(f"{self.what}: fast path '{self.fast.name}' failed ({self.failure}); "
+        self.log(f"{self.what}: fast path '{name or self.fast.name}' failed ({self.failure}); "
                  f"running eagerly")
         self.fast = None
+
+    @classmethod
+    def build(cls, mode, make_fast, eager, *, what, log):
+        """WithFallback around make_fast() (eager alone for mode 'off', or if building fails)."""
+        wrapper = cls(None, eager, what=what, log=log)
+        if mode != "off":
+            try:
+                wrapper.fast = make_fast()
+            except Exception as error:  # e.g. graphs without CUDA
+                wrapper.fallback(error, mode)
+        return wrapper
 
 
 def make_train_step(diffusion, optimizer, mode, *, autocast=nullcontext, scaler=None,
@@ -248,30 +257,14 @@ def make_train_step(diffusion, optimizer, mode, *, autocast=nullcontext, scaler=
     Returns a callable images -> detached loss that does one optimizer step, with `.name`
     (the path in use) and `.failure` (why it fell back, or None).
     """
-    eager = EagerStep(diffusion, optimizer, autocast=autocast, scaler=scaler)
-    if mode == "off":
-        return WithFallback(None, eager, what="training", log=log)
-    try:
+    def make_fast():
         if mode == "compile":
-            fast = CompiledStep(diffusion, optimizer, autocast=autocast, scaler=scaler,
+            return CompiledStep(diffusion, optimizer, autocast=autocast, scaler=scaler,
                                 backend=compile_backend)
-        else:
-            fast = STEPS[mode](diffusion, optimizer, autocast=autocast, scaler=scaler)
-    except Exception as error:
-        step = WithFallback(None, eager, what="training", log=log)
-        step.fast = _Named(mode)
-        step.fallback(error)
-        return step
-    return WithFallback(fast, eager, what="training", log=log)
+        return GraphedStep(diffusion, optimizer, autocast=autocast, scaler=scaler)
 
-
-class _Named:
-    """Stands for a fast path that could not even be built (for the fallback message)."""
-
-    ready = False
-
-    def __init__(self, name):
-        self.name = name
+    eager = EagerStep(diffusion, optimizer, autocast=autocast, scaler=scaler)
+    return WithFallback.build(mode, make_fast, eager, what="training", log=log)
 
 
 # ---------------------------------------------------------------- sampling
@@ -354,15 +347,10 @@ class CompiledSampler:
 
 def make_sampler(diffusion, mode, *, compile_backend="inductor", log=print):
     """n -> n images in [0, 1] from `diffusion` through the fast path `mode`, with fallback."""
-    eager = EagerSampler(diffusion)
-    if mode == "off":
-        return WithFallback(None, eager, what="sampling", log=log)
-    try:
-        fast = (CompiledSampler(diffusion, backend=compile_backend) if mode == "compile"
-                else GraphedSampler(diffusion))
-    except Exception as error:
-        sampler = WithFallback(None, eager, what="sampling", log=log)
-        sampler.fast = _Named(mode)
-        sampler.fallback(error)
-        return sampler
-    return WithFallback(fast, eager, what="sampling", log=log)
+    def make_fast():
+        if mode == "compile":
+            return CompiledSampler(diffusion, backend=compile_backend)
+        return GraphedSampler(diffusion)
+
+    return WithFallback.build(mode, make_fast, EagerSampler(diffusion), what="sampling",
+                              log=log)
