@@ -96,6 +96,7 @@ def test_auto_means_graphs_on_cuda_and_eager_on_the_cpu():
         fast_path.resolve_mode("fastest", "cpu")
 
 
+@pytest.mark.slow  # about 10 s: the first test here to import torch._dynamo
 def test_compiled_training_gives_the_eager_losses(tmp_path):
     # Dynamo's "eager" backend runs the traced ops in the traced order: the same losses, so
     # the compiled step is the same computation (inductor reorders and fuses; CUDA graphs draw
