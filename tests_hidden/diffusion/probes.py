@@ -354,26 +354,26 @@ def host_tensor_class():
         def __torch_function__(cls, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             name = getattr(func, "__name__", "")
-            tensors = list(flat((args, kwargs)))
-            hosts = [a for a in tensors if isinstance(a, HostTensor) and a.dim() > 0]
-            if name not in moves and hosts:
+            with torch._C.DisableTorchFunctionSubclass():  # inspecting must not recurse here
+                tensors = list(flat((args, kwargs)))
+                hosts = [a for a in tensors if isinstance(a, HostTensor) and a.dim() > 0]
                 others = {a.device.type for a in tensors if not isinstance(a, HostTensor)}
-                if others - {"cpu"}:
+                if name not in moves and hosts and others - {"cpu"}:
                     raise RuntimeError(
-                        f"Expected all tensors to be on the same device: self.{hosts[0].attr} is a "
-                        f"plain tensor attribute on cpu, used with tensors on "
-                        f"{sorted(others - {'cpu'})[0]} (.to(device) does not move plain attributes)")
-            with torch._C.DisableTorchFunctionSubclass():
+                        f"Expected all tensors to be on the same device: self.{hosts[0].attr} is "
+                        f"a plain tensor attribute on cpu, used with tensors on "
+                        f"{sorted(others - {'cpu'})[0]} (.to(device) does not move plain "
+                        "attributes)")
                 ret = func(*args, **kwargs)
-            if name in moves or not hosts:
-                return ret
+                if not hosts:
+                    return ret
 
-            def wrap(r):
-                if isinstance(r, torch.Tensor) and r.device.type == "cpu":
-                    r = r.as_subclass(HostTensor)
-                    r.attr = hosts[0].attr
-                return r
-            return tuple(wrap(r) for r in ret) if isinstance(ret, tuple) else wrap(ret)
+                def wrap(r):  # still on the CPU (e.g. .to(dtype), sqrt): still a plain attribute
+                    if isinstance(r, torch.Tensor) and r.device.type == "cpu":
+                        r = r.as_subclass(HostTensor)
+                        r.attr = hosts[0].attr
+                    return r
+                return tuple(wrap(r) for r in ret) if isinstance(ret, tuple) else wrap(ret)
 
     return HostTensor
 
