@@ -48,7 +48,7 @@ class Limits:
     """Per-probe limits. The defaults are the ones used on Gradescope."""
 
     timeout_s: float = 10.0          # wall clock per probe (the reference's take < 0.5 s)
-    hang_pool_s: float = 40.0        # after a timeout, later probes share what is left of this
+    hang_pool_s: float = 30.0        # after a timeout, later probes share what is left of this
     after_hangs_timeout_s: float = 5.0  # ... and never get less than this
     memory_limit_mb: int = None      # the container's limit; None: detected (memory.py)
     memory_margin_mb: int = 96       # kept free under the limit (the grader grows while grading)
@@ -158,6 +158,8 @@ class Sandbox:
 
     # -- zygote ----------------------------------------------------------------------------
     def _start(self):
+        if not self._checked:  # the grader alone does not fit: say so before starting torch
+            self._make_budget(memory.pss_bytes([os.getpid()]))
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cmd = [_interpreter(), "-I", str(self.root / "worker.py"), "zygote",
                "--fd", str(child.fileno())]
@@ -192,11 +194,8 @@ class Sandbox:
     def _check(self):
         """Can this sandbox grade? A child computes with numpy and torch; the budget fits."""
         lim = self.limits
-        own = memory.pss_bytes([os.getpid()]) + lim.memory_shares * memory.pss_bytes(
-            [self._zygote.pid])
-        self.budget = memory.make_budget(own, lim.memory_limit_mb, lim.memory_margin_mb,
-                                         lim.min_probe_memory_mb, lim.memory_shares,
-                                         lim.max_probe_memory_mb)
+        self._make_budget(memory.pss_bytes([os.getpid()])
+                          + lim.memory_shares * memory.pss_bytes([self._zygote.pid]))
         result = self._probe_once({"probe": "selftest"}, {}, max(lim.timeout_s, 30.0),
                                   scratch=self.check_scratch)
         if not result.ok or result.header.get("sum") != 6:
@@ -206,6 +205,16 @@ class Sandbox:
                 f"with torch and numpy ({result.status}: {result.error}). Check the Python "
                 f"environment at {sys.prefix}.\n{result.output.strip()}")
         self._checked = True
+
+    def _make_budget(self, own_bytes):
+        lim = self.limits
+        try:
+            self.budget = memory.make_budget(own_bytes, lim.memory_limit_mb, lim.memory_margin_mb,
+                                             lim.min_probe_memory_mb, lim.memory_shares,
+                                             lim.max_probe_memory_mb)
+        except GraderEnvironmentError:
+            self._kill_zygote()
+            raise
 
     def check(self):
         """Start the worker and check that it can grade (GraderEnvironmentError if not)."""
