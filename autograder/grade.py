@@ -190,8 +190,13 @@ class Context:
         function = self.function or what.split(" ")[0]
         if result.status == "memory":
             detail = result.error.split("): ", 1)[-1]
-            return checks.Verdict.fail(f"{what}: ran out of memory in `{function}` (limit "
-                                       f"{result.memory_limit_mb} MB; {detail})")
+            # Where it happened, when the traceback names a graded function (a test of
+            # `training` that runs out in the student's `forward` names `forward`).
+            where = re.search(r", in (\w+)\)$", result.error)
+            functions = {name.split(":", 1)[0] for name in self.names.values()}
+            named = [f for f in functions if where and f.split(".")[-1] == where.group(1)]
+            return checks.Verdict.fail(f"{what}: ran out of memory in `{(named or [function])[0]}`"
+                                       f" (limit {result.memory_limit_mb} MB; {detail})")
         if result.status == "skipped":
             return checks.Verdict.fail(f"{what}: {result.error}; `{function}` is not called again")
         prefix = {"timeout": "timed out", "crashed": "crashed"}.get(result.status, "raised an error")

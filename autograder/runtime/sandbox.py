@@ -297,6 +297,10 @@ class Sandbox:
                 result.error = f"{reply.get('error_type', 'Error')}: {reply.get('message', '')}{where}"
                 if _out_of_memory(reply.get("error_type", ""), reply.get("message", "")):
                     result.status = "memory"
+                    tried = re.search(r"tried to allocate (\d+) bytes", reply.get("message", ""))
+                    if tried:  # torch's allocator message is a page long: its gist
+                        result.error = (f"allocating {int(tried.group(1)) / (1 << 20):.0f} MB "
+                                        f"failed{where}")
         except TimeoutError:
             result = ProbeResult(False, status="timeout",
                                  error=f"did not finish within {timeout:g} s (time limit)"
