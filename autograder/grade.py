@@ -228,8 +228,9 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         if own:
             sandbox = Sandbox(hide=default_hide(out, submission), limits=limits or Limits())
         sandbox.check()  # can we grade here at all? (GraderEnvironmentError if not)
+        deadline = time.monotonic() + budget_s  # the submission's time starts now
         for module, rubric in rubrics:
-            tests += _grade_module(module, rubric, submission, sandbox, start + budget_s, cuda,
+            tests += _grade_module(module, rubric, submission, sandbox, deadline, cuda,
                                    notes, student_output)
         notes += sandbox.notes
     except GraderEnvironmentError:

@@ -44,7 +44,7 @@ FULL_MARKS = sum(float(t["points"]) for t in FULL_RUBRIC)
 # fast; the engine enforces them exactly as it does its defaults (Limits().timeout_s and
 # DEFAULT_BUDGET_S). GRACE covers what the budget does not: starting the sandbox (importing torch
 # in the zygote), tearing it down, writing the files.
-HOSTILE_LIMITS = Limits(timeout_s=3.0)
+HOSTILE_LIMITS = Limits(timeout_s=3.0, max_probe_memory_mb=256)
 HOSTILE_BUDGET_S = 15.0
 GRACE_S = 20.0
 ORPHAN_TOKEN = "ddpm-hostile-orphan-5f1c"  # in hostile/orphan_processes.py

@@ -53,7 +53,7 @@ class Limits:
     memory_limit_mb: int = None      # the container's limit; None: detected (memory.py)
     memory_margin_mb: int = 96       # kept free under the limit (the grader grows while grading)
     min_probe_memory_mb: int = 150   # less than this for a probe: grader environment error
-    max_probe_memory_mb: int = 1024  # a cap: the reference's probes add < 50 MB
+    max_probe_memory_mb: int = 512   # a cap: the reference's probes add < 50 MB
     memory_shares: int = 1           # probes running at once (grade-all --jobs): each gets 1/n
     address_space_mb: int = None     # RLIMIT_AS headroom above the zygote; None: the budget
     sample_interval_s: float = 0.02  # how often a running probe's memory is read
