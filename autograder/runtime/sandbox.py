@@ -41,6 +41,7 @@ __all__ = ["GraderEnvironmentError", "Limits", "ProbeResult", "Sandbox"]
 
 HERE = Path(__file__).resolve().parent
 RUNTIME_FILES = ("worker.py", "wire.py", "probekit.py")  # copied into the sandbox
+CUDA_HOST_MB = 1024  # added to a GPU probe's sampled budget for the CUDA context
 
 
 @dataclass
@@ -279,7 +280,10 @@ class Sandbox:
             self._kill_zygote()
             raise _ZygoteLost() from exc
         theirs.close()
-        watch = _MemoryWatch(self._zygote.pid, base_kb, budget_mb << 10, lim.sample_interval_s)
+        # A CUDA context costs host memory of its own (driver, kernels): not the student's. Not
+        # measured here (no GPU); Gradescope has none, so this only matters on staff machines.
+        watched_mb = budget_mb + (CUDA_HOST_MB if gpu else 0)
+        watch = _MemoryWatch(self._zygote.pid, base_kb, watched_mb << 10, lim.sample_interval_s)
         if budget_mb:
             watch.start()
         result = None
@@ -322,7 +326,7 @@ class Sandbox:
         result.output = _read_head(scratch / "output.log", 4000)
         # Stopped by our sampling, killed (SIGKILL, by the kernel) close to the budget, or a crash
         # whose output says so: each reads "ran out of memory".
-        near = budget_mb and watch.peak_kb >= 0.75 * (budget_mb << 10)
+        near = budget_mb and watch.peak_kb >= 0.75 * watch.limit_kb
         if watch.exceeded:
             result.ok, result.status = False, "memory"
             result.error = f"it was stopped at {result.peak_mb:.0f} MB"
