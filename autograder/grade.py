@@ -192,7 +192,8 @@ class Context:
             detail = result.error.split("): ", 1)[-1]
             # Where it happened, when the traceback names a graded function (a test of
             # `training` that runs out in the student's `forward` names `forward`).
-            where = re.search(r", in (\w+)\)$", result.error)
+            # (the worker's `where` ends "line N, in fn" or "line N, in fn: <source line>")
+            where = re.search(r", line \d+, in (\w+)(?:\)$|: )", result.error)
             functions = {name.split(":", 1)[0] for name in self.names.values()}
             named = [f for f in functions if where and f.split(".")[-1] == where.group(1)]
             return checks.Verdict.fail(f"{what}: ran out of memory in `{(named or [function])[0]}`"
