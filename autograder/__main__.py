@@ -39,7 +39,13 @@ def main(argv=None):
             print(results["output"].strip())
         print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
         return 0
+    from pathlib import Path
+
     from .gradebook import grade_all
+
+    if not Path(args.submissions).is_dir():
+        parser.error(f"grade-all: {args.submissions} is not a folder; give the folder that holds "
+                     "one diffusion.py (or one folder) per student")
 
     summary = grade_all(args.submissions, args.out, jobs=args.jobs, limits=limits)
     print(summary)
