@@ -73,7 +73,7 @@ def test_grade_all_writes_a_gradebook_and_a_summary(graded):
     rows = {r["submission"]: r for r in csv.DictReader(open(out / "gradebook.csv"))}
     assert {name: float(r["score"]) for name, r in rows.items()} == {"reference": 100.0, "stub": 0.0}
     assert float(rows["reference"]["grading_time_s"]) > 0 and rows["reference"]["notes"] == ""
-    assert "renamed: graded diffusion (1).py as diffusion.py" in rows["stub"]["notes"]
+    assert "renamed: no diffusion.py found; graded diffusion (1).py instead" in rows["stub"]["notes"]
     assert "Score histogram" in summary and "Most-failed tests" in summary
     needs = summary.split("## Needs attention (1)")[1].split("##")[0]
     assert "- stub: score 0; renamed file" in needs and "untouched" in needs
