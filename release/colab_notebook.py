@@ -137,7 +137,10 @@ keeps the `cat` class, resizes every image once to 32x32 and writes PNGs to
 
 The handout's first run: samples, a checkpoint and FID every 100 steps, into `SAVE_FOLDER`.
 `--fid` downloads clean-fid's Inception weights once. Its `loss.png` and `fid.png` are copied to
-`FIGURES` right after, because the next run rewrites them with the whole curves.
+`FIGURES` right after, because the next run rewrites them with the whole curves. Each training
+step runs as one CUDA graph replay; a line `training: fast path 'graphs' failed (...)` means your
+code could not be captured (for example a `.item()` in `forward`): training goes on eagerly,
+several times slower.
 
 If the runtime disconnects: rerun sections 1-3 and the cell below that sets `SAVE_FOLDER`, then
 resume with `--load_path {SAVE_FOLDER}/model-<last step>.pt` added to the training command (the

@@ -17,11 +17,13 @@ from pathlib import Path
 
 # torch and the homework modules are imported where they are needed, so that `--help` and a
 # mistyped flag answer at once instead of after the seconds torch takes to import.
-# The choices of --dataset, --schedule and --loss; tests/test_main_cli.py checks that they are
-# those of image_data.DATASETS, diffusion.SCHEDULES and diffusion.LOSSES.
+# The choices of --dataset, --schedule, --loss and --fast; tests/test_main_cli.py checks that
+# they are those of image_data.DATASETS, diffusion.SCHEDULES, diffusion.LOSSES and
+# fast_path.FAST_MODES.
 DATASETS = ("digits", "afhq", "mnist", "folder")
 SCHEDULES = ("cosine", "linear")
 LOSSES = ("l1", "l2")
+FAST_MODES = ("auto", "graphs", "compile", "off")
 
 # Flags that define the model (and its data); with --load_path they default to the checkpoint's.
 MODEL_DEFAULTS = {
@@ -120,6 +122,16 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--device", default=None,
                        help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    train.add_argument("--fast", choices=FAST_MODES, default="auto",
+                       help="how training steps and sampling run: graphs (CUDA graphs, CUDA "
+                            "only), compile (torch.compile; a minute or more to compile), off "
+                            "(plain PyTorch); auto: graphs on CUDA, off on the CPU. A model the "
+                            "fast path cannot trace runs eagerly, with a note (default: auto)")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="CUDA only: autocast to bf16 (fp16 where bf16 is unsupported); "
+                            "slower at the default model size")
+    train.add_argument("--channels-last", action="store_true",
+                       help="CUDA only: channels_last memory format; slower at the default size")
     train.add_argument("--threads", type=int, default=None,
                        help="CPU threads of PyTorch (default: PyTorch's, usually one per core); "
                             "1 is often fastest for small models or on a busy machine")
@@ -213,6 +225,12 @@ def parse_args(argv=None):
         parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device: only cpu and cuda are supported, got {args.device!r}")
+    if device.type == "cpu" and args.fast == "graphs":
+        parser.error("--fast graphs needs CUDA; on the CPU use --fast compile or off")
+    for name in ("mixed_precision", "channels_last"):
+        if getattr(args, name) and device.type == "cpu":
+            print(f"note: --{name.replace('_', '-')} applies to CUDA only; ignored on the CPU",
+                  file=sys.stderr)
     return args
 
 
@@ -284,8 +302,10 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
+    from fast_path import resolve_mode
     from image_data import DatasetError, load_dataset
     from trainer import Trainer
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -304,7 +324,8 @@ def main(argv=None):
     diffusion = build_diffusion(config)
     n_params = sum(p.numel() for p in diffusion.model.parameters())
     print(f"{args.dataset}: {len(dataset)} images, {channels}x{args.image_size}x{args.image_size}; "
-          f"U-Net {n_params / 1e6:.2f}M parameters; T={args.time_steps}; device {args.device}")
+          f"U-Net {n_params / 1e6:.2f}M parameters; T={args.time_steps}; device {args.device}, "
+          f"fast path {resolve_mode(args.fast, args.device)}")
 
     if args.visualize:
         from visualize import visualize
@@ -335,6 +356,7 @@ def main(argv=None):
         num_samples=args.num_samples, device=args.device, seed=args.seed,
         fid_evaluator=fid_evaluator, log_fn=make_wandb_logger(args) if args.wandb else None,
         num_workers=2 if args.dataset != "digits" and args.device.startswith("cuda") else 0,
+        fast=args.fast, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
         keep_checkpoints=args.keep_checkpoints)
     if args.load_path:
         trainer.load(args.load_path)

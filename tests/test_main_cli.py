@@ -37,7 +37,8 @@ def test_help_does_not_import_torch():
     # --help and usage errors answer at once: torch (seconds to import) is loaded after parsing.
     code = ("import sys, main\n"
             "try:\n    main.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('torch', 'diffusion', 'trainer', 'unet') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'diffusion', 'trainer', 'unet', 'fast_path') "
+            "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=SOLUTIONS, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -46,8 +47,10 @@ def test_help_does_not_import_torch():
 
 def test_the_flag_choices_are_those_of_the_homework_modules():
     import diffusion
+    import fast_path
     import image_data
 
+    assert main.FAST_MODES == tuple(fast_path.FAST_MODES)
     assert main.DATASETS == tuple(image_data.DATASETS)
     assert sorted(main.SCHEDULES) == sorted(diffusion.SCHEDULES)
     assert sorted(main.LOSSES) == sorted(diffusion.LOSSES)
