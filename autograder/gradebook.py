@@ -6,10 +6,12 @@ grading time, notes such as a renamed file, timeouts or a grading error, and one
 test) and OUT/summary.md (score histogram, the submissions that need a look, most-failed tests).
 `--jobs N` runs N sandboxes (zygotes) in parallel threads; each is reused across its submissions.
 Progress goes to stderr: a bar with the submissions being graded (one line per submission when
-stderr is not a terminal).
+stderr is not a terminal). A grader environment error (GraderEnvironmentError) stops grading and
+raises: no gradebook of zeros. Each of the N sandboxes' probes gets 1/N of the memory budget.
 """
 
 import csv
+import dataclasses
 import queue
 import re
 import sys
@@ -19,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from .grade import default_hide, grade_submission
-from .runtime.sandbox import Limits, Sandbox
+from .runtime.sandbox import GraderEnvironmentError, Limits, Sandbox
 
 
 def _entries(folder):
@@ -110,12 +112,18 @@ def grade_all(submissions_dir, out_dir, *, jobs=2, limits=None, progress_stream=
         todo.put(e)
     results, details = {}, {}
     lock = threading.Lock()
+    failures = []
+    n = max(1, min(jobs, len(entries)))
+    limits = limits or Limits()
+    if limits.memory_shares < n:
+        limits = dataclasses.replace(limits, memory_shares=n)
 
     def work(progress):
         sandbox = None
         try:
-            sandbox = Sandbox(hide=default_hide(out, submissions_dir), limits=limits or Limits())
-            while True:
+            sandbox = Sandbox(hide=default_hide(out, submissions_dir), limits=limits)
+            sandbox.check()
+            while not failures:
                 try:
                     entry = todo.get_nowait()
                 except queue.Empty:
@@ -129,17 +137,20 @@ def grade_all(submissions_dir, out_dir, *, jobs=2, limits=None, progress_stream=
                                             f"{res['execution_time']:.1f} s")
                 with lock:
                     results[entry], details[entry] = res, info
+        except GraderEnvironmentError as exc:
+            failures.append(exc)
         finally:
             if sandbox is not None:
                 sandbox.close()
 
     with Progress(len(entries), progress_stream) as progress:
-        threads = [threading.Thread(target=work, args=(progress,))
-                   for _ in range(max(1, min(jobs, len(entries))))]
+        threads = [threading.Thread(target=work, args=(progress,)) for _ in range(n)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+    if failures:
+        raise failures[0]
     return write_gradebook(out, [(e, results[e], details.get(e, {}))
                                  for e in entries if e in results])
 
