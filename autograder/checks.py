@@ -18,13 +18,15 @@ where a *site* is one float32 quantity some correct form of the computation hold
 (err = u |value|), and every sum or difference a form forms (1 - abar, x - s1 eps, the mean, ...),
 whose own rounding is relative to the sum and not to its terms (this is where cancellation lives:
 1 - abar near t = 0). The derivatives are directional derivatives (JVPs) of the float64 formula,
-all sites in one batched pass (see _Sites; a site used twice, e.g. one buffer read in two places,
-is one quantity and is perturbed coherently). The factor 1 + OPS bounds the remaining
-roundings: a product, quotient or
-square root of site values rounds to (1 + d) times its exact value, which moves the output by at
-most the contribution of one of its operands (twice that for a square root); at most OPS = 8 such
-operations lie between any site and the output in the forms we accept, so their total is at most
-OPS times the sites' sum. Computing in float64 only removes roundings, so the same bound holds.
+all sites in one batched pass by central differences (see _Sites: forward-mode autograd gives the
+same numbers but costs seconds per grading on tensors this small). A site used twice, e.g. one
+buffer read in two places, is one quantity and is perturbed coherently; a vector whose elements
+are rounded separately (the schedule's angles) is perturbed per colour class. The factor 1 + OPS
+bounds the remaining roundings: a product, quotient or square root of site values rounds to
+(1 + d) times its exact value, which moves the output by at most the contribution of one of its
+operands (twice that for a square root); at most OPS = 8 such operations lie between any site and
+the output in the forms we accept, so their total is at most OPS times the sites' sum. Computing in
+float64 only removes roundings, so the same bound holds.
 
 Several forms of one computation (e.g. p_sample through q_posterior's buffers, eq. (3) inline from
 `alphas`/`alphas_cumprod`/`alphas_cumprod_prev`, or the eps-form of the mean) are each written out as
