@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from . import checks, report
+from . import checks, notebook, report
 from .config import DEFAULT_BUDGET_S, GRADED_MODULES, ROOT
 from .runtime.sandbox import Limits, ProbeResult, Sandbox
 
@@ -42,7 +42,7 @@ def load_rubric(module):
     with open(ROOT / module.rubric_path, "rb") as f:
         tests = tomllib.load(f)["test"]
     for t in tests:
-        if not re.match(r"^[A-Za-z_.]+: ", t["name"]):
+        if not re.match(r"^[A-Za-z0-9_.]+: ", t["name"]):  # digits: a notebook's "q1: ..."
             raise ValueError(f"rubric test {t['id']!r}: name must be '<function>: <behaviour>'")
     return tests
 
@@ -68,8 +68,14 @@ def load_tests(module):
 def load_reference(module):
     key = ("reference", module.reference)
     if key not in _CACHE:
-        _CACHE[key] = _load_path(ROOT / module.reference,
-                                 "autograder_reference_" + Path(module.reference).stem)
+        name = "autograder_reference_" + Path(module.reference).stem
+        if module.reference.endswith(".ipynb"):  # the staff notebook, reduced like a submission
+            source, _ = notebook.notebook_to_module((ROOT / module.reference).read_bytes())
+            mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, None))
+            exec(compile(source, str(ROOT / module.reference), "exec"), mod.__dict__)
+            sys.modules[name] = _CACHE[key] = mod
+        else:
+            _CACHE[key] = _load_path(ROOT / module.reference, name)
     return _CACHE[key]
 
 
@@ -96,9 +102,10 @@ def find_submission(path, filename):
     exact = path / filename
     if exact.is_file():
         return exact, ""
-    stem = Path(filename).stem
-    pattern = re.compile(rf"^{re.escape(stem)}[\s_\-()0-9]*\.py$", re.IGNORECASE)
-    candidates = sorted(p for p in path.rglob("*.py") if pattern.match(p.name))
+    stem, suffix = Path(filename).stem, Path(filename).suffix
+    pattern = re.compile(rf"^{re.escape(stem)}[\s_\-()0-9]*{re.escape(suffix)}$", re.IGNORECASE)
+    candidates = sorted(p for p in path.rglob("*" + suffix) if pattern.match(p.name)
+                        and ".ipynb_checkpoints" not in p.parts)
     if candidates:
         return candidates[0], f"no {filename} found; graded {candidates[0].name} instead"
     return None, f"no {filename} in the submission"
@@ -222,6 +229,16 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
     if path is None:
         return [_test(t, False, f"not graded: {note}") for t in rubric]
     files = {module.submission_file: path}
+    if module.submission_file.endswith(".ipynb"):
+        # the sandbox imports the notebook's definitions only, converted here from the JSON
+        try:
+            source, nb_notes = notebook.notebook_to_module(path.read_bytes())
+        except notebook.NotebookError as exc:
+            return [_test(t, False, f"{module.submission_file}: {exc}") for t in rubric]
+        notes += nb_notes
+        converted = sandbox.root / f"{module.module}-from-notebook.py"
+        converted.write_text(source)
+        files = {f"{module.module}.py": converted}
     files.update({Path(g).name: ROOT / g for g in module.given})
     sandbox.load(files, module=module.module, probes=ROOT / module.probes)
     implementations = load_tests(module)
