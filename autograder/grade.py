@@ -166,8 +166,7 @@ def _np(v):
 
 
 def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
-                     budget_s=DEFAULT_BUDGET_S, modules=GRADED_MODULES, cuda=None,
-                     otter_results=None):
+                     budget_s=DEFAULT_BUDGET_S, modules=GRADED_MODULES, cuda=None):
     """Grade `submission` (a file or a folder); returns the results.json dict. See module doc."""
     start = time.monotonic()
     rubrics = [(m, load_rubric(m)) for m in modules]
@@ -204,8 +203,6 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         "stdout_visibility": "hidden",
         "tests": tests,
     }
-    if otter_results is not None:
-        results = report.merge_otter(results, otter_results)
     report.validate_results(results)
     if out is not None:
         meta = {"submission": str(submission), "notes": notes,

@@ -11,7 +11,6 @@ costs points only in the helper's own test.
 PROBES = {kind: fn(module, cfg, tensors, noise) -> (header dict, {name: tensor})}.
 """
 
-import math
 
 import torch
 
@@ -77,9 +76,12 @@ def _arg(spec, tensors, recorders):
         return spec["v"]
     if "shape" in spec:
         return tuple(spec["shape"])
-    kind = spec["model"]
-    fn = {"probe": lambda: probe_model(spec["T"]), "zero": lambda: zero_model,
-          "oracle": lambda: oracle_model(tensors[spec["c"]], tensors[spec["alphas"]])}[kind]()
+    if spec["model"] == "probe":
+        fn = probe_model(spec["T"])
+    elif spec["model"] == "zero":
+        fn = zero_model
+    else:
+        fn = oracle_model(tensors[spec["c"]], tensors[spec["alphas"]])
     recorders["model"] = _Recorder(fn, keep=spec.get("keep", False))
     return recorders["model"]
 

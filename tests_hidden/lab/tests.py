@@ -103,13 +103,13 @@ def ref_args(args, arrays):
             out.append(spec["v"])
         elif "shape" in spec:
             out.append(tuple(spec["shape"]))
+        elif spec["model"] == "probe":
+            out.append(probes.probe_model(spec["T"]))
+        elif spec["model"] == "zero":
+            out.append(probes.zero_model)
         else:
-            kind = spec["model"]
-            out.append({"probe": lambda: probes.probe_model(spec["T"]),
-                        "zero": lambda: probes.zero_model,
-                        "oracle": lambda: probes.oracle_model(arrays[spec["c"]].double(),
-                                                              arrays[spec["alphas"]].double()),
-                        }[kind]())
+            out.append(probes.oracle_model(arrays[spec["c"]].double(),
+                                           arrays[spec["alphas"]].double()))
     return out
 
 
