@@ -50,7 +50,7 @@ def load_rubric(module):
     with open(ROOT / module.rubric_path, "rb") as f:
         tests = tomllib.load(f)["test"]
     for t in tests:
-        if not re.match(r"^[A-Za-z0-9_.]+: ", t["name"]):  # digits: a notebook's "q1: ..."
+        if not re.match(r"^[A-Za-z0-9_.]+: ", t["name"]):  # digits: "q1.compute_mean: ..."
             raise ValueError(f"rubric test {t['id']!r}: name must be '<function>: <behaviour>'")
     return tests
 

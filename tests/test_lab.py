@@ -109,7 +109,7 @@ def test_rubric_points_are_the_otter_questions_points():
     auto = {q: p for q, (p, manual) in questions.items() if not manual}
     per_question = {}
     for t in RUBRIC:
-        q = t["name"].split(":", 1)[0]
+        q = t["name"].split(".", 1)[0]
         per_question[q] = per_question.get(q, 0) + t["points"]
         assert t["id"].startswith(q + "_"), t
     assert per_question == auto
@@ -121,7 +121,7 @@ def test_every_graded_function_has_a_test():
                                                       "run_reverse", "eps_model", "mnist_reference",
                                                       "fid_score"}
     graded = {f for f in graded if not f.startswith("test_")}
-    named = {t["name"].split(": ")[1] for t in RUBRIC}
+    named = {t["name"].split(":", 1)[0].split(".", 1)[1] for t in RUBRIC}
     assert graded == named
 
 
@@ -233,7 +233,7 @@ def test_mutant_loses_points_exactly_in_its_own_tests(grade, mutant):
     assert lost == sorted(mutant.loses), failing(results)
     for t in results["tests"]:  # feedback names the function
         if t["status"] != "passed":
-            fn = t["name"].split(": ")[1]
+            fn = t["name"].split(":", 1)[0].split(".", 1)[1]
             assert t["output"].startswith(fn), t["output"]
 
 

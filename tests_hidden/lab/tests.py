@@ -14,7 +14,7 @@ to its definitions) in float64, and compares within a derived allowance:
   variances within 5 standard errors of the exact value (false alarm < 1e-6 per check; the
   draws are deterministic under the sandbox's noise patch, so a verdict never flips on re-grade).
 
-Test ids are "<question>_<function>"; rubric.toml names them "<question>: <function>: ...".
+Test ids are "<question>_<function>"; rubric.toml names them "<question>.<function>: ...".
 """
 
 import math
