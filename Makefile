@@ -11,7 +11,7 @@ JOBS ?= 2
 TRAIN_ARGS ?= --image_size 16 --unet_dim_mults 1 2 4 --threads 1 --train_steps 3000 \
 	--save_and_sample_every 1000 --save_folder ../build/train
 
-.PHONY: setup test grade grade-all release written train bench lint clean
+.PHONY: setup test grade grade-all need-submissions release written train bench lint clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,11 @@ test: setup
 grade: setup
 	$(PY) -m autograder grade $(SUBMISSION) --out $(OUT)
 
-grade-all: setup
+grade-all: need-submissions setup
 	$(PY) -m autograder grade-all $(SUBMISSIONS) --out $(OUT) --jobs $(JOBS)
+
+need-submissions:
+	@test -n "$(SUBMISSIONS)" || { echo "make grade-all needs SUBMISSIONS=folder, the folder that holds one diffusion.py (or one folder) per student, e.g. make grade-all SUBMISSIONS=path/to/submissions OUT=build/all" >&2; exit 2; }
 
 release: setup
 	$(PY) -m release

@@ -18,6 +18,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # public_helpers
 
+import public_helpers  # noqa: E402
 from public_helpers import FIXTURES  # noqa: E402
 
 DEFAULT_SUBMISSION = HERE.parent / "assignment"
@@ -47,6 +48,11 @@ def _submission_file(config):
 def pytest_configure(config):
     file = _submission_file(config)
     config._ddpm_submission = file
+    public_helpers.SUBMISSION = file
+    # Failures are short messages (pytest.fail(..., pytrace=False)); anything unexpected gets a
+    # short traceback rather than pages of source and values.
+    if getattr(config.option, "tbstyle", "auto") == "auto":
+        config.option.tbstyle = "short"
     # Load it under its plain name, as the homework's own modules do (`from diffusion import ...`).
     sys.path.insert(0, str(file.parent))
     sys.modules.pop("diffusion", None)
@@ -68,12 +74,28 @@ def pytest_report_header(config):
     return f"submission: {config._ddpm_submission}"
 
 
+# The handout's order: each file's functions build on the previous file's, so the first failure
+# shown is the one to fix first.
+FILE_ORDER = ["test_public_schedule.py", "test_public_training.py", "test_public_sampling.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return FILE_ORDER.index(name) if name in FILE_ORDER else len(FILE_ORDER)
+    items.sort(key=rank)  # stable: the order within a file is kept
+
+
 def pytest_pyfunc_call(pyfuncitem):
-    """When diffusion.py does not import, every test fails with that error (not a setup error)."""
+    """When diffusion.py does not import, every test fails with that error (not a setup error):
+    in full in the first test, in one line in the others."""
     config = pyfuncitem.config
     if config._ddpm_module is None:
-        pytest.fail(f"your diffusion.py does not import: {config._ddpm_import_error}\n"
-                    f"  ({config._ddpm_submission})", pytrace=False)
+        error = config._ddpm_import_error
+        kind = error.splitlines()[-1].split(":")[0] if error else "error"
+        pytest.fail(public_helpers.shown_once(
+            "import", f"your diffusion.py does not import: {error}\n  ({config._ddpm_submission})",
+            f"your diffusion.py does not import ({kind})"), pytrace=False)
 
 
 @pytest.fixture(scope="session")
