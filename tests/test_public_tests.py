@@ -36,11 +36,26 @@ def run_public(submission, tmp_path, *extra, env=None):
     return proc.returncode, proc.stdout + proc.stderr, cases
 
 
-def stage(tmp_path, text, name="submission"):
+BINARY_REFERENCE = ROOT / "solutions" / "binary_diffusion.py"
+
+
+def stage(tmp_path, text, name="submission", binary=None):
+    """A submission folder with diffusion.py = text (and binary_diffusion.py = binary, if given)."""
     folder = tmp_path / name
     folder.mkdir()
-    (folder / "diffusion.py").write_text(text)
+    if text is not None:
+        (folder / "diffusion.py").write_text(text)
+    if binary is not None:
+        (folder / "binary_diffusion.py").write_text(binary)
     return folder
+
+
+def stubs(tmp_path):
+    return stage(tmp_path, stub_source(), binary=stub_source(BINARY_REFERENCE))
+
+
+def is_binary(test_name):
+    return "test_public_binary" in test_name
 
 
 def test_public_tests_pass_on_the_reference(tmp_path):
@@ -57,7 +72,7 @@ def test_public_tests_pass_on_correct_alternates(tmp_path, path):
 
 
 def test_public_tests_fail_on_the_stub_saying_not_implemented(tmp_path):
-    code, output, cases = run_public(stage(tmp_path, stub_source()), tmp_path)
+    code, output, cases = run_public(stubs(tmp_path), tmp_path)
     assert code == 1, f"expected test failures (exit 1), got exit {code}:\n{output[-3000:]}"
     assert cases, output[-3000:]
     silent = [name for name, msg in cases.items() if msg is None or "not implemented" not in msg]
@@ -68,8 +83,21 @@ def test_public_tests_fail_on_the_stub_saying_not_implemented(tmp_path):
 def test_public_tests_report_a_broken_import_as_a_failure_of_every_test(tmp_path):
     code, output, cases = run_public(stage(tmp_path, "import torch\ndef q_sample(:\n"), tmp_path)
     assert code == 1, output[-3000:]
-    assert cases and all(msg and "your diffusion.py does not import" in msg and "SyntaxError" in msg
-                         for msg in cases.values()), output[-3000:]
+    part1 = {name: msg for name, msg in cases.items() if not is_binary(name)}
+    assert part1 and all(msg and "your diffusion.py does not import" in msg and "SyntaxError" in msg
+                         for msg in part1.values()), output[-3000:]
+    # part 2's tests fail on their own account: its file is missing
+    part2 = {name: msg for name, msg in cases.items() if is_binary(name)}
+    assert part2 and all(msg and "no binary_diffusion.py" in msg for msg in part2.values())
+
+
+def test_public_tests_of_one_part_do_not_depend_on_the_other_file(tmp_path):
+    folder = stage(tmp_path, "def broken(:\n", binary=BINARY_REFERENCE.read_text())
+    code, output, cases = run_public(folder, tmp_path, "-k", "binary")
+    assert code == 0 and len(cases) >= 15, output[-3000:]
+    code, output, cases = run_public(tmp_path / "submission" / "binary_diffusion.py", tmp_path,
+                                     "-k", "binary")
+    assert code == 0 and cases, output[-3000:]
 
 
 def test_public_tests_stop_with_a_usage_error_without_a_submission(tmp_path):
@@ -78,26 +106,28 @@ def test_public_tests_stop_with_a_usage_error_without_a_submission(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     code, output, _ = run_public(empty, tmp_path)
-    assert code == 4 and "no diffusion.py" in output, output[-2000:]
+    assert code == 4 and "no diffusion.py or binary_diffusion.py" in output, output[-2000:]
 
 
 def test_public_tests_read_the_submission_from_the_environment(tmp_path):
     import os
 
-    env = dict(os.environ, DDPM_SUBMISSION=str(stage(tmp_path, stub_source())))
+    env = dict(os.environ, DDPM_SUBMISSION=str(stubs(tmp_path)))
     code, _, cases = run_public(None, tmp_path, env=env)
     assert code == 1 and cases and all(msg and "not implemented" in msg for msg in cases.values())
 
 
-def test_public_fixtures_are_reproduced_by_their_generator(tmp_path):
-    fresh = tmp_path / "public.npz"
-    subprocess.run([sys.executable, str(PUBLIC / "fixtures" / "generate.py"), "--out", str(fresh)],
+@pytest.mark.parametrize("generator,stored_name", [("generate.py", "public.npz"),
+                                                    ("generate_binary.py", "public_binary.npz")])
+def test_public_fixtures_are_reproduced_by_their_generator(tmp_path, generator, stored_name):
+    fresh = tmp_path / stored_name
+    subprocess.run([sys.executable, str(PUBLIC / "fixtures" / generator), "--out", str(fresh)],
                    check=True, capture_output=True, timeout=120)
-    with np.load(PUBLIC / "fixtures" / "public.npz") as stored, np.load(fresh) as new:
+    with np.load(PUBLIC / "fixtures" / stored_name) as stored, np.load(fresh) as new:
         assert sorted(stored.files) == sorted(new.files), "fixture keys changed: regenerate"
         for key in stored.files:
             a, b = stored[key], new[key]
             assert a.dtype == b.dtype and a.shape == b.shape, key
             # Same code and inputs: equal up to float32 rounding differences between machines.
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=(
-                f"{key} differs: run `python tests_public/fixtures/generate.py` and commit"))
+                f"{key} differs: run `python tests_public/fixtures/{generator}` and commit"))
