@@ -22,7 +22,7 @@ def main(argv=None):
     a.add_argument("--timeout", type=float, default=None)
     args = parser.parse_args(argv)
 
-    from .sandbox import Limits
+    from .runtime.sandbox import Limits
 
     limits = Limits() if args.timeout is None else Limits(timeout_s=args.timeout)
     if args.command == "grade":

@@ -1,7 +1,9 @@
 """What is graded, and where the grader's own files live.
 
-A later part adds a graded module by appending a GradedModule (its submission file name, its
-hidden test module and rubric, its reference, the given files it needs) -- no engine change.
+Each graded part is one GradedModule and one folder, tests_hidden/<name>/, holding its probes
+(probes.py: run in the sandbox), its verdicts (tests.py: run in the grader) and its rubric
+(rubric.toml). Adding a part is an entry here plus that folder: the engine (grade.py) and the
+sandbox runtime (runtime/) know no part.
 """
 
 import os
@@ -14,18 +16,37 @@ ROOT = Path(os.environ.get("AUTOGRADER_SOURCE") or Path(__file__).resolve().pare
 
 @dataclass(frozen=True)
 class GradedModule:
+    name: str              # the part's folder under tests_hidden/ (a Python identifier)
+    title: str             # how reports name the part
     submission_file: str   # the file the student submits, e.g. "diffusion.py"
-    tests: str             # hidden test module (relative to ROOT), defines TESTS {id: fn(ctx)}
-    rubric: str            # points and visibility of each test id (TOML)
+    module: str            # the name it is imported under in the sandbox
     reference: str         # the staff solution the grader imports (never copied to the sandbox)
     given: tuple = ()      # given files copied next to the submission (relative to ROOT)
+    rubric: str = ""       # points and visibility (TOML); default tests_hidden/<name>/rubric.toml
+
+    @property
+    def folder(self):
+        return f"tests_hidden/{self.name}"
+
+    @property
+    def probes(self):
+        return f"{self.folder}/probes.py"
+
+    @property
+    def tests(self):
+        return f"{self.folder}/tests.py"
+
+    @property
+    def rubric_path(self):
+        return self.rubric or f"{self.folder}/rubric.toml"
 
 
 GRADED_MODULES = (
     GradedModule(
+        name="diffusion",
+        title="Part 1: Gaussian DDPM (diffusion.py)",
         submission_file="diffusion.py",
-        tests="tests_hidden/diffusion_tests.py",
-        rubric="tests_hidden/rubric.toml",
+        module="diffusion",
         reference="solutions/diffusion.py",
         given=("solutions/unet.py",),
     ),

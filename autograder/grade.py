@@ -3,7 +3,7 @@
 Python API (for tests that grade many submissions in one process):
 
     from autograder.grade import grade_submission
-    from autograder.sandbox import Sandbox, Limits
+    from autograder.runtime.sandbox import Sandbox, Limits
 
     with Sandbox(hide=default_hide()) as sandbox:          # optional: reuse one zygote
         results = grade_submission("path/to/diffusion.py",  # or a folder holding one
@@ -17,6 +17,7 @@ Python API (for tests that grade many submissions in one process):
 valid results dict in every case. With out_dir, a zero-score results.json is written first.
 """
 
+import importlib
 import importlib.util
 import json
 import re
@@ -33,13 +34,12 @@ import torch
 
 from . import checks, report
 from .config import DEFAULT_BUDGET_S, GRADED_MODULES, ROOT
-from .sandbox import Limits, ProbeResult, Sandbox
-from .worker import CONTRACT_BUFFERS, _probe_model_class
+from .runtime.sandbox import Limits, ProbeResult, Sandbox
 
 
 def load_rubric(module):
     """The rubric's tests, in order: [{id, name, points, visibility}]."""
-    with open(ROOT / module.rubric, "rb") as f:
+    with open(ROOT / module.rubric_path, "rb") as f:
         tests = tomllib.load(f)["test"]
     for t in tests:
         if not re.match(r"^[A-Za-z_.]+: ", t["name"]):
@@ -59,10 +59,10 @@ _CACHE = {}
 
 
 def load_tests(module):
-    key = ("tests", module.tests)
-    if key not in _CACHE:
-        _CACHE[key] = _load_path(ROOT / module.tests, "autograder_hidden_" + Path(module.tests).stem)
-    return _CACHE[key].TESTS
+    """The part's TESTS {id: fn(ctx) -> Verdict}, from tests_hidden/<name>/tests.py."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"tests_hidden.{module.name}.tests").TESTS
 
 
 def load_reference(module):
@@ -105,12 +105,13 @@ def find_submission(path, filename):
 
 
 class Context:
-    """What a hidden test sees: probes (memoized per submission) and the reference."""
+    """What a hidden test sees: probes (memoized per submission), the reference module, and a
+    cache for the part's own reference objects. It knows no part."""
 
     def __init__(self, sandbox, reference, deadline, cuda):
         self.sandbox, self.reference, self.deadline, self.cuda = sandbox, reference, deadline, cuda
-        self.ProbeModel = _probe_model_class()
-        self._probes, self._refs, self._verdicts = {}, {}, {}
+        self._probes, self._verdicts = {}, {}
+        self.cache = {}
         self.outputs = []
         self.tests = {}
 
@@ -141,19 +142,6 @@ class Context:
                 self.outputs.append(result.output)
             self._probes[cache_key] = result
         return self._probes[cache_key]
-
-    def ref(self, T, schedule="cosine", loss_type="l1", channels=1, image_size=4):
-        """The reference Diffusion around a ProbeModel (float32, CPU), cached."""
-        key = (T, schedule, loss_type, channels, image_size)
-        if key not in self._refs:
-            self._refs[key] = self.reference.Diffusion(
-                self.ProbeModel(T), image_size=image_size, channels=channels, timesteps=T,
-                schedule=schedule, loss_type=loss_type)
-        return self._refs[key]
-
-    def buffer_arrays(self, T, schedule="cosine"):
-        ref = self.ref(T, schedule)
-        return {f"buf_{n}": getattr(ref, n) for n in CONTRACT_BUFFERS}
 
     @staticmethod
     def failed(result, what):
@@ -235,7 +223,7 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
         return [_test(t, False, f"not graded: {note}") for t in rubric]
     files = {module.submission_file: path}
     files.update({Path(g).name: ROOT / g for g in module.given})
-    sandbox.load(files)
+    sandbox.load(files, module=module.module, probes=ROOT / module.probes)
     implementations = load_tests(module)
     missing = [t["id"] for t in rubric if t["id"] not in implementations]
     if missing:
@@ -246,7 +234,8 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
     if not imported.ok:
         student_output += ctx.outputs
         why = ("your file could not be imported: " + imported.error
-               + "\n  run `python -c \"import diffusion\"` in your folder to see the full error.")
+               + f"\n  run `python -c \"import {module.module}\"` in your folder to see the full "
+               "error.")
         return [_test(t, False, why) for t in rubric]
     results = []
     for t in rubric:

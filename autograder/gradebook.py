@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from .grade import default_hide, grade_submission
-from .sandbox import Limits, Sandbox
+from .runtime.sandbox import Limits, Sandbox
 
 
 def _entries(folder):

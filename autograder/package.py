@@ -13,7 +13,8 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 
 ENGINE = ("__init__.py", "__main__.py", "checks.py", "config.py", "grade.py", "gradebook.py",
-          "package.py", "report.py", "sandbox.py", "worker.py")
+          "package.py", "report.py", "runtime/__init__.py", "runtime/sandbox.py",
+          "runtime/worker.py", "runtime/wire.py", "runtime/probekit.py")
 
 
 def _graded_modules():
@@ -33,8 +34,10 @@ def files():
     }
     for name in ENGINE:
         out[f"autograder/{name}"] = f"autograder/{name}"
+    out["tests_hidden/__init__.py"] = "tests_hidden/__init__.py"
     for m in _graded_modules():
-        for path in (m.tests, m.rubric, m.reference, *m.given):
+        for path in (f"{m.folder}/__init__.py", m.probes, m.tests, m.rubric_path, m.reference,
+                     *m.given):
             out[path] = path
     return dict(sorted(out.items()))
 

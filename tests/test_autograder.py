@@ -15,7 +15,7 @@ import tomllib
 
 from autograder.gradebook import grade_all
 from autograder.report import merge_otter, validate_results
-from autograder.sandbox import Limits
+from autograder.runtime.sandbox import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS = ("Diffusion.__init__", "q_sample", "q_posterior", "p_loss", "forward", "p_sample",
@@ -77,7 +77,7 @@ def test_grade_all_writes_a_gradebook_and_a_summary(graded):
 
 
 def test_rubric_gives_every_test_points_visibility_and_a_function_prefix():
-    with open(ROOT / "tests_hidden" / "rubric.toml", "rb") as f:
+    with open(ROOT / "tests_hidden" / "diffusion" / "rubric.toml", "rb") as f:
         tests = tomllib.load(f)["test"]
     from autograder.config import GRADED_MODULES
     from autograder.grade import load_tests

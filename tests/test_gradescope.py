@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_zip_list_has_the_gradescope_scripts_at_the_root_and_existing_sources():
     targets = set(FILES.values())
     assert {"setup.sh", "run_autograder"} <= targets
-    assert {"tests_hidden/rubric.toml", "solutions/unet.py", "autograder/worker.py"} <= targets
+    assert {"tests_hidden/diffusion/rubric.toml", "tests_hidden/diffusion/probes.py", "solutions/unet.py", "autograder/runtime/worker.py"} <= targets
     for source in FILES:
         assert (ROOT / source).is_file(), source
     assert all(not t.startswith(("tests/", "assignment/")) for t in targets)

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from autograder.config import GRADED_MODULES  # noqa: E402
 from autograder.grade import default_hide, grade_submission, load_rubric  # noqa: E402
-from autograder.sandbox import Limits, Sandbox  # noqa: E402
+from autograder.runtime.sandbox import Limits, Sandbox  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

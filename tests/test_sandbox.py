@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autograder.grade import ROOT
-from autograder.sandbox import Limits, Sandbox
+from autograder.runtime.sandbox import Limits, Sandbox
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="privilege drop needs root")
 

@@ -10,24 +10,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-NAMES = ("diffusion_tests.py", "rubric.toml", "checks.py", "grade.py")
-GUESSES = ["../tests_hidden/diffusion_tests.py", "../../tests_hidden/diffusion_tests.py",
-           "/work/main/tests_hidden/diffusion_tests.py", "/work/main/tests_hidden/rubric.toml",
+NAMES = ("tests.py", "rubric.toml", "checks.py", "grade.py")
+GUESSES = ["../tests_hidden/diffusion/tests.py", "../../tests_hidden/diffusion/tests.py",
+           "/work/main/tests_hidden/diffusion/tests.py",
+           "/work/main/tests_hidden/diffusion/rubric.toml",
            "/work/main/solutions/diffusion.py", "/work/main/autograder/checks.py",
-           "/autograder/source/tests_hidden/diffusion_tests.py",
+           "/autograder/source/tests_hidden/diffusion/tests.py",
            "/autograder/source/solutions/diffusion.py", "solutions/diffusion.py",
            "../solutions/diffusion.py", "/autograder/source/autograder/grade.py"]
 
 
 def is_secret(path, text):
-    return path.name in NAMES or "BEGIN SOLUTION" in text
+    return (path.name in NAMES and "tests_hidden" in path.parts) or path.name in NAMES[2:] \
+        or "BEGIN SOLUTION" in text
 
 
 def hunt(seconds=3.0):
     found = []
     candidates = [Path(p) for p in GUESSES]
     for parent in Path(__file__).resolve().parents:
-        candidates += [parent / "tests_hidden" / "diffusion_tests.py",
+        candidates += [parent / "tests_hidden" / "diffusion" / "tests.py",
                        parent / "solutions" / "diffusion.py"]
     stop = time.monotonic() + seconds
     for root in ("/work", "/autograder", "/tmp", "/root", "/home", "/srv", "/opt"):

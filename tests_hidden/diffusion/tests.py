@@ -1,9 +1,9 @@
-"""Hidden graded tests of diffusion.py (staff only; never shipped to students).
+"""Hidden graded tests of part 1, diffusion.py (staff only; never shipped to students).
 
-Each test is `fn(ctx) -> Verdict`, registered under the id that tests_hidden/rubric.toml gives
+Each test is `fn(ctx) -> Verdict`, registered under the id that rubric.toml (beside this file) gives
 points and visibility to. Tests ask the sandbox for probes (student code runs there and only
 returns tensors) and compute the verdict here, against the reference (solutions/diffusion.py)
-built around the same deterministic ProbeModel.
+built around the same deterministic ProbeModel. The probes are in probes.py beside this file.
 
 Isolation, so that one bug costs points in one place: q_sample, p_loss, forward, p_sample,
 p_sample_loop and sample run with the reference buffers injected into the student's object (a
@@ -19,7 +19,9 @@ import math
 import torch
 
 from autograder.checks import U32, Verdict, bound, buffer_tolerance, compare
-from autograder.worker import CONTRACT_BUFFERS, STUB_P_LOSS_VALUE, probe_noise, stub_p_sample_value
+from autograder.runtime.probekit import probe_noise
+
+from .probes import CONTRACT_BUFFERS, STUB_P_LOSS_VALUE, probe_model_class, stub_p_sample_value
 
 TESTS = {}
 DEVICE_ERRORS = ("same device", "expected device", "two devices", "different device")
@@ -30,6 +32,22 @@ HINTS = {
     "posterior_mean_coef1": "eq. (3): sqrt(abar_{t-1}) (1 - alpha_t) / (1 - abar_t) multiplies x_0.",
     "posterior_mean_coef2": "eq. (3): sqrt(alpha_t) (1 - abar_{t-1}) / (1 - abar_t) multiplies x_t.",
 }
+
+
+def reference_of(ctx, T, schedule="cosine", loss_type="l1", channels=1, image_size=4):
+    """The reference Diffusion around a ProbeModel (float32, CPU), cached per submission."""
+    key = ("diffusion", T, schedule, loss_type, channels, image_size)
+    if key not in ctx.cache:
+        ctx.cache[key] = ctx.reference.Diffusion(
+            probe_model_class()(T), image_size=image_size, channels=channels, timesteps=T,
+            schedule=schedule, loss_type=loss_type)
+    return ctx.cache[key]
+
+
+def buffer_arrays(ctx, T, schedule="cosine"):
+    """The reference buffers, sent to probes that inject them into the student's object."""
+    ref = reference_of(ctx, T, schedule)
+    return {f"buf_{n}": getattr(ref, n) for n in CONTRACT_BUFFERS}
 
 
 def graded(test_id):
@@ -80,7 +98,7 @@ def _check_buffers(ctx, schedule):
         if r.header.get("missing"):
             return fail([f"{what}: no attribute(s) {', '.join(r.header['missing'])}"],
                         "register each with self.register_buffer(name, value.float()).")
-        ref = ctx.ref(T, schedule)
+        ref = reference_of(ctx, T, schedule)
         abar, prev = ref.alphas_cumprod.double(), ref.alphas_cumprod_prev.double()
         for name in CONTRACT_BUFFERS:
             expected = getattr(ref, name).double()
@@ -139,7 +157,7 @@ def _q_probe(ctx, T, schedule, b, c, s, seed, zero_noise=False):
     x_0, t, noise = _q_inputs(T, b, c, s, seed)
     if zero_noise:
         noise = torch.zeros_like(noise)
-    arrays = dict(ctx.buffer_arrays(T, schedule), x_0=x_0, t=t, noise=noise)
+    arrays = dict(buffer_arrays(ctx, T, schedule), x_0=x_0, t=t, noise=noise)
     r = ctx.probe("q_sample", {"T": T, "schedule": schedule, "channels": c, "image_size": s},
                   arrays, key=f"q{seed}{zero_noise}")
     return r, x_0, t, noise
@@ -152,7 +170,7 @@ def q_sample_values(ctx):
         what = f"q_sample (T={T}, {schedule}, x_0 {tuple(x_0.shape)}, t={t.tolist()})"
         if not r.ok:
             return ctx.failed(r, what)
-        ref = ctx.ref(T, schedule)
+        ref = reference_of(ctx, T, schedule)
         c0, c1 = col(ref.sqrt_alphas_cumprod, t), col(ref.sqrt_one_minus_alphas_cumprod, t)
         expected = ref.q_sample(x_0, t, noise).double()
         ok, lines = compare(r.arrays["out"], expected, bound(c0 * x_0, c1 * noise), what=what)
@@ -174,7 +192,7 @@ def q_sample_uses_noise(ctx):
         if res.header.get("noise_draws"):
             return fail([f"{what}: drew {res.header['noise_draws']} noise tensor(s) of its own"],
                         "use the `noise` argument; do not call torch.randn / noise_like here.")
-    ref = ctx.ref(T, schedule)
+    ref = reference_of(ctx, T, schedule)
     c1 = col(ref.sqrt_one_minus_alphas_cumprod, t)
     got = torch.from_numpy(r.arrays["out"]).double() - torch.from_numpy(r0.arrays["out"]).double()
     ok, lines = compare(got, (c1 * noise.double()), bound(c1 * noise, 2 * x_0),
@@ -197,7 +215,7 @@ def q_posterior_values(ctx):
         what = f"q_posterior (T={T}, {schedule}, t={t.tolist()})"
         if not r.ok:
             return ctx.failed(r, what)
-        ref = ctx.ref(T, schedule)
+        ref = reference_of(ctx, T, schedule)
         mean, var = ref.q_posterior(x_0, x_t, t)
         abar, prev = ref.alphas_cumprod.double(), ref.alphas_cumprod_prev.double()
         tol1 = buffer_tolerance(ref.posterior_mean_coef1.double(), abar, prev)[t]
@@ -220,7 +238,7 @@ def q_posterior_values(ctx):
 def _p_loss_case(ctx, loss_type):
     T, schedule, b, c, s = 50, "cosine", 4, 3, 4
     x_0, t, noise = images(300, b, c, s), mixed_t(T, b, 301), normal(302, b, c, s)
-    arrays = dict(ctx.buffer_arrays(T, schedule), x_0=x_0, t=t, noise=noise)
+    arrays = dict(buffer_arrays(ctx, T, schedule), x_0=x_0, t=t, noise=noise)
     r = ctx.probe("p_loss", {"T": T, "schedule": schedule, "loss_type": loss_type,
                              "channels": c, "image_size": s}, arrays, key="pl")
     return r, T, schedule, x_0, t, noise
@@ -231,7 +249,7 @@ def _p_loss_check(ctx, loss_type):
     what = f"p_loss (loss_type={loss_type!r}, T={T}, t={t.tolist()})"
     if not r.ok:
         return ctx.failed(r, what)
-    ref = ctx.ref(T, schedule, loss_type=loss_type, channels=3)
+    ref = reference_of(ctx, T, schedule, loss_type=loss_type, channels=3)
     expected = ref.p_loss(x_0, t, noise).detach().double()
     c0, c1 = col(ref.sqrt_alphas_cumprod, t), col(ref.sqrt_one_minus_alphas_cumprod, t)
     with torch.no_grad():
@@ -273,7 +291,7 @@ def p_loss_model_input(ctx):
     if r.arrays["model_t"].tolist() != t.tolist():
         return fail([f"{what}: the model got t={r.arrays['model_t'].tolist()}"],
                     "pass the given t to self.model unchanged.")
-    ref = ctx.ref(T, schedule, channels=3)
+    ref = reference_of(ctx, T, schedule, channels=3)
     c0, c1 = col(ref.sqrt_alphas_cumprod, t), col(ref.sqrt_one_minus_alphas_cumprod, t)
     ok, lines = compare(r.arrays["model_x"], ref.q_sample(x_0, t, noise).double(),
                         bound(c0 * x_0, c1 * noise), what=f"{what}: the model's input x_t")
@@ -294,7 +312,7 @@ def forward_t_uniform(ctx):
     T, b = 50, 4096
     x_0, noise = images(400, b, 1, 2), normal(401, b, 1, 2)
     r = ctx.probe("forward_isolated", {"T": T, "image_size": 2},
-                  dict(ctx.buffer_arrays(T), x_0=x_0, noise=noise), key="fu")
+                  dict(buffer_arrays(ctx, T), x_0=x_0, noise=noise), key="fu")
     what = f"forward (T={T}, batch of {b})"
     if not r.ok:
         return ctx.failed(r, what)
@@ -327,7 +345,7 @@ def forward_noise(ctx):
     T, b, c, s = 50, 8, 3, 4
     x_0, noise = images(410, b, c, s), normal(411, b, c, s)
     for given in (True, False):
-        arrays = dict(ctx.buffer_arrays(T), x_0=x_0)
+        arrays = dict(buffer_arrays(ctx, T), x_0=x_0)
         if given:
             arrays["noise"] = noise
         r = ctx.probe("forward_isolated", {"T": T, "channels": c, "image_size": s}, arrays,
@@ -362,7 +380,7 @@ def forward_returns_loss(ctx):
     x_0, noise = images(420, b, c, s), normal(421, b, c, s)
     for loss_type in ("l1", "l2"):
         r = ctx.probe("forward", {"T": T, "loss_type": loss_type, "channels": c, "image_size": s},
-                      dict(ctx.buffer_arrays(T), x_0=x_0, noise=noise), key="fr")
+                      dict(buffer_arrays(ctx, T), x_0=x_0, noise=noise), key="fr")
         what = f"forward (loss_type={loss_type!r}, T={T}, x_0 {tuple(x_0.shape)})"
         if not r.ok:
             return ctx.failed(r, what)
@@ -371,7 +389,7 @@ def forward_returns_loss(ctx):
         t = torch.from_numpy(r.arrays["model_t"]).to(torch.int64)
         if t.shape != (b,) or int(t.min()) < 0 or int(t.max()) >= T:
             return fail([f"{what}: the model got t={t.tolist()}"])
-        ref = ctx.ref(T, loss_type=loss_type)
+        ref = reference_of(ctx, T, loss_type=loss_type)
         expected = ref.p_loss(x_0, t, noise).detach().double()
         # Same error budget as p_loss: bounded by K u (|loss| + mean|noise| + 1) per element.
         tol = bound(expected, noise.abs().mean(), 1.0) * math.log2(x_0.numel())
@@ -394,7 +412,7 @@ def requires(ctx, test_id, what):
 def _meta(ctx, method, what, **cfg):
     T = cfg.pop("T", 10)
     r = ctx.probe("meta", dict({"T": T, "method": method, "channels": 1, "image_size": 4}, **cfg),
-                  ctx.buffer_arrays(T), key="meta")
+                  buffer_arrays(ctx, T), key="meta")
     if r.ok:
         if r.header.get("device") != "meta":
             return fail([f"{what}: returned a tensor on {r.header.get('device')!r} for inputs and "
@@ -429,7 +447,7 @@ def forward_device(ctx):
 
 def _p_sample_expected(ctx, T, schedule, x, t_index, seed, c):
     """Reference output and its derived float32 error bound (per element)."""
-    ref = ctx.ref(T, schedule, channels=c)
+    ref = reference_of(ctx, T, schedule, channels=c)
     z = probe_noise(seed, 0, x.shape)
     ref.noise_like = lambda shape, device, z=z: z
     t = torch.full((x.shape[0],), t_index, dtype=torch.long)
@@ -459,7 +477,7 @@ def _p_sample_cases(ctx, cases, what_fmt, hint):
         seed = 60 + k
         r = ctx.probe("p_sample", {"T": T, "schedule": schedule, "t_index": t_index,
                                    "channels": c, "image_size": 4},
-                      dict(ctx.buffer_arrays(T, schedule), x=x), key=f"ps{k}{scale}",
+                      dict(buffer_arrays(ctx, T, schedule), x=x), key=f"ps{k}{scale}",
                       noise_seed=seed)
         what = what_fmt.format(T=T, schedule=schedule, t_index=t_index)
         if not r.ok:
@@ -520,7 +538,7 @@ def p_sample_device(ctx):
 def _loop_isolated(ctx, T, b=3, c=1, s=4):
     img = normal(600 + T, b, c, s)
     r = ctx.probe("p_sample_loop_isolated", {"T": T, "channels": c, "image_size": s},
-                  dict(ctx.buffer_arrays(T), img=img), key="li")
+                  dict(buffer_arrays(ctx, T), img=img), key="li")
     states = [img]
     for i in reversed(range(T)):
         states.append(stub_p_sample_value(states[-1], i))
@@ -580,12 +598,12 @@ def loop_end_to_end(ctx):
     for T in (1, 2, 10):
         img = normal(650 + T, 2, 1, 4)
         seed = 90 + T
-        r = ctx.probe("p_sample_loop", {"T": T}, dict(ctx.buffer_arrays(T), img=img),
+        r = ctx.probe("p_sample_loop", {"T": T}, dict(buffer_arrays(ctx, T), img=img),
                       key="le", noise_seed=seed)
         what = f"p_sample_loop (T={T}, your p_sample)"
         if not r.ok:
             return ctx.failed(r, what)
-        ref = ctx.ref(T)
+        ref = reference_of(ctx, T)
         draws = iter(range(T + 1))
         ref.noise_like = lambda shape, device, d=draws, s=seed: probe_noise(s, next(d), shape)
         x = img
@@ -634,7 +652,7 @@ def loop_device(ctx):
 def sample_start(ctx):
     T, b, c, s = 5, 3, 3, 4
     r = ctx.probe("sample_isolated", {"T": T, "batch_size": b, "channels": c, "image_size": s},
-                  ctx.buffer_arrays(T), key="si", noise_seed=11)
+                  buffer_arrays(ctx, T), key="si", noise_seed=11)
     what = f"sample (batch_size={b}, channels={c}, image_size={s}; p_sample_loop replaced)"
     if not r.ok:
         return ctx.failed(r, what)

@@ -2,7 +2,7 @@
 
 Security model (see README, "Security model"):
 - The grader (this process) never imports student code. Student code runs only in children of
-  a zygote started from autograder/worker.py; the zygote drops to an unprivileged user when the
+  a zygote started from autograder/runtime/worker.py; the zygote drops to an unprivileged user when the
   grader is root (`nobody`, or the user Gradescope's setup.sh creates), inside a private mount
   namespace where the grader's tree, the results directory and the original submission are
   covered by empty tmpfs mounts, and a private network namespace.
@@ -11,7 +11,7 @@ Security model (see README, "Security model"):
 - Each probe: fresh child (new session), RLIMIT_AS/FSIZE/NPROC/CPU, stdout+stderr to a capped
   file, a wall-clock deadline enforced here; afterwards the child's process group is killed and
   the zygote (a child subreaper) kills any orphans that escaped the group.
-- Outputs come back as raw numeric arrays (worker.recv_msg: no pickle, sizes checked).
+- Outputs come back as raw numeric arrays (wire.recv_msg: no pickle, sizes checked).
 """
 
 import json
@@ -27,9 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import worker as wire
+from . import wire
 
-WORKER_SOURCE = Path(__file__).with_name("worker.py")
+HERE = Path(__file__).resolve().parent
+RUNTIME_FILES = ("worker.py", "wire.py", "probekit.py")  # copied into the sandbox
 
 
 @dataclass
@@ -87,8 +88,9 @@ class Sandbox:
         self.user = _worker_user()
         self.root = Path(tempfile.mkdtemp(prefix="ddpm-sandbox-"))
         os.chmod(self.root, 0o711)
-        shutil.copy(WORKER_SOURCE, self.root / "worker.py")
-        os.chmod(self.root / "worker.py", 0o644)
+        for name in RUNTIME_FILES:
+            shutil.copy(HERE / name, self.root / name)
+            os.chmod(self.root / name, 0o644)
         inside = [Path(sys.prefix).resolve(), Path(sys.executable).resolve(), self.root.resolve()]
         self.hide = [str(Path(p).resolve()) for p in hide
                      if Path(p).exists() and not any(_is_within(q, Path(p).resolve()) for q in inside)]
@@ -98,16 +100,28 @@ class Sandbox:
         self._count = 0
         self.submission_dir = None
         self.scratch = None
+        self.module = None
+        self.probes_file = None
 
     # -- staging ---------------------------------------------------------------------------
-    def load(self, files):
-        """Copy `files` ({name in sandbox: source path}) into a fresh, read-only directory."""
+    def load(self, files, module=None, probes=None):
+        """Copy `files` ({name in sandbox: source path}) into a fresh, read-only directory.
+
+        module: the name the probes import (default: the first file's stem); probes: the path of
+        a part's probes.py (its PROBES answer probe kinds other than "import").
+        """
         self._count += 1
         sub = self.root / f"submission-{self._count}"
         sub.mkdir(mode=0o755)
         for name, src in files.items():
             shutil.copyfile(src, sub / name)
             os.chmod(sub / name, 0o644)
+        self.module = module or Path(next(iter(files))).stem
+        self.probes_file = None
+        if probes is not None:
+            self.probes_file = f"probes-{self._count}.py"
+            shutil.copyfile(probes, self.root / self.probes_file)
+            os.chmod(self.root / self.probes_file, 0o644)
         os.chmod(sub, 0o755)
         scratch = self.root / f"scratch-{self._count}"
         scratch.mkdir(mode=0o700)
@@ -159,7 +173,8 @@ class Sandbox:
         if self.submission_dir is None:
             raise RuntimeError("Sandbox.load(files) first")
         timeout = float(timeout_s or self.limits.timeout_s)
-        header = dict(header, submission_dir=str(self.submission_dir))
+        header = dict(header, submission_dir=str(self.submission_dir), module=self.module,
+                      probes=self.probes_file or "")
         for attempt in range(2):
             if not self._alive():
                 self._kill_zygote()
