@@ -50,6 +50,13 @@ GRADED_MODULES = (
         reference="solutions/diffusion.py",
         given=("solutions/unet.py",),
     ),
+    GradedModule(
+        name="binary_diffusion",
+        title="Part 2: binary diffusion (binary_diffusion.py)",
+        submission_file="binary_diffusion.py",
+        module="binary_diffusion",
+        reference="solutions/binary_diffusion.py",
+    ),
 )
 
 # Grading never runs longer than this (seconds, default), whatever the submission does: once it
