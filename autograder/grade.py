@@ -171,14 +171,18 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         report.write_json_atomic(out / "results.json", report.fallback_results(
             all_rubric, "Grading did not complete (the grader stopped early); score 0."))
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    notes, tests, student_output = [], [], []
+    notes, tests, student_output, parts = [], [], [], []
     own = sandbox is None
     try:
         if own:
             sandbox = Sandbox(hide=default_hide(out, submission), limits=limits or Limits())
         for module, rubric in rubrics:
-            tests += _grade_module(module, rubric, submission, sandbox, start + budget_s, cuda,
-                                   notes, student_output)
+            part = _grade_module(module, rubric, submission, sandbox, start + budget_s, cuda,
+                                 notes, student_output)
+            parts.append(_part_total(module, part))
+            tests += part
+        if len(parts) > 1:  # per-part totals first in the output
+            notes[:0] = [f"{p['title']}: {p['score']:g} / {p['max_score']:g}" for p in parts]
         notes += sandbox.notes
     except Exception as exc:  # a grader failure still yields a valid zero-score result
         notes.append(f"grading error: {type(exc).__name__}: {exc}")
@@ -201,11 +205,18 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         results = report.merge_otter(results, otter_results)
     report.validate_results(results)
     if out is not None:
-        meta = {"submission": str(submission), "notes": notes,
+        meta = {"submission": str(submission), "notes": notes, "parts": parts,
                 "student_output": "\n".join(dict.fromkeys(student_output))}
         (out / "report.md").write_text(report.render_report(results, meta))
         report.write_json_atomic(out / "results.json", results)
     return results
+
+
+def _part_total(module, tests):
+    """{title, score, max_score, count} of one part's graded tests."""
+    return {"title": module.title, "count": len(tests),
+            "score": round(sum(t["score"] for t in tests), 4),
+            "max_score": round(sum(t["max_score"] for t in tests), 4)}
 
 
 def _test(rubric_test, passed, output):

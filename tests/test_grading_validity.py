@@ -37,7 +37,9 @@ from autograder.runtime.sandbox import Limits, Sandbox  # noqa: E402
 pytestmark = pytest.mark.slow
 
 CORRECT = sorted((ROOT / "tests" / "submissions" / "correct").glob("*.py"))
-FULL_RUBRIC = [t for m in GRADED_MODULES for t in load_rubric(m)]
+# This file validates part 1 (diffusion.py); part 2 has tests/test_grading_validity_binary.py.
+PART1 = tuple(m for m in GRADED_MODULES if m.name == "diffusion")
+FULL_RUBRIC = [t for m in PART1 for t in load_rubric(m)]
 FULL_MARKS = sum(float(t["points"]) for t in FULL_RUBRIC)
 
 # Hostile submissions run with a short per-probe limit and grading budget so that the suite stays
@@ -87,9 +89,9 @@ def check_schema(results, rubric=None):
 
 
 def rubric_only(functions, folder):
-    """GRADED_MODULES restricted to the tests of `functions` (a rubric file written to folder)."""
+    """PART1 restricted to the tests of `functions` (a rubric file written to folder)."""
     modules, kept = [], []
-    for module in GRADED_MODULES:
+    for module in PART1:
         tests = [t for t in load_rubric(module) if function_of(t) in functions]
         path = Path(folder) / f"rubric-{'-'.join(sorted(functions))}.toml"
         path.write_text("".join(
@@ -114,7 +116,7 @@ class Grader:
         (d / "diffusion.py").write_text(text)
         return d
 
-    def grade(self, key, text, modules=GRADED_MODULES):
+    def grade(self, key, text, modules=PART1):
         if key not in self.cache:
             start = time.monotonic()
             results = grade_submission(self.stage(key, text), sandbox=self.sandbox, modules=modules)
@@ -225,7 +227,7 @@ def test_hostile_submission_gets_no_undeserved_points(tmp_path, case):
 
     # "nothing" cases face every test; a "partial" one only the tests its verdict is about (any
     # point lost there already puts the total below full marks).
-    modules, rubric = GRADED_MODULES, FULL_RUBRIC
+    modules, rubric = PART1, FULL_RUBRIC
     if case.deserves == "partial":
         modules, rubric = rubric_only(set(case.zero) | set(case.full), tmp_path)
     start = time.monotonic()
