@@ -14,14 +14,19 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-from torch.utils.data import Dataset
+import matplotlib
 
-from binary_diffusion import BinaryDiffusion, binarize, to_unit_range
-from image_data import DATASETS, DatasetError, load_dataset
-from trainer import Trainer, load_checkpoint
-from unet import Unet
-from visualize import paper_steps, save_process_figure
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from binary_diffusion import BinaryDiffusion, binarize, to_unit_range  # noqa: E402
+from image_data import DATASETS, DatasetError, load_dataset  # noqa: E402
+from trainer import Trainer, load_checkpoint  # noqa: E402
+from unet import Unet  # noqa: E402
+from visualize import paper_steps  # noqa: E402
 
 # Flags that define the model; with --load_path they default to the checkpoint's. The defaults are
 # the CPU demo (about 4 minutes on one thread, see the README).
@@ -67,9 +72,9 @@ def build_parser():
     p.add_argument("--delta", type=float, default=None,
                    help="* flip probability per step, in (0, 0.5] (default: 0.05)")
     p.add_argument("--batch_size", type=int, default=32, help="(default: 32)")
-    p.add_argument("--train_steps", type=int, default=2000, help="(default: 2000)")
+    p.add_argument("--train_steps", type=int, default=1500, help="(default: 1500)")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's (default: 1e-3)")
-    p.add_argument("--save_and_sample_every", type=int, default=1000, help="(default: 1000)")
+    p.add_argument("--save_and_sample_every", type=int, default=500, help="(default: 500)")
     p.add_argument("--num_samples", type=int, default=64, help="(default: 64)")
     p.add_argument("--seed", type=int, default=0, help="(default: 0)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -132,7 +137,7 @@ def build_diffusion(config):
 
 @torch.no_grad()
 def save_chains(diffusion, y_0, path, seed=0):
-    """One figure, two rows: the forward chain of y_0, and a reverse chain from fair coins.
+    """chains.png, two rows: the forward chain of y_0, and a reverse chain from fair coins.
 
     Columns at 0/25/50/75/100 % of T (visualize.paper_steps). Forward: Y_s ~ q(Y_s | Y_0) with one
     shared set of uniforms, so a pixel once replaced stays replaced at later columns. Reverse:
@@ -153,10 +158,20 @@ def save_chains(diffusion, y_0, path, seed=0):
         chain = diffusion.p_sample_loop(start, return_chain=True)   # chain[k] = Y_{T-k}
     reverse = [chain[T - s] for s in reversed(steps)]
     path = Path(path)
-    save_process_figure([to_unit_range(y) for y in forward + reverse],
-                        [f"Y_{s}" for s in steps] + [f"Y_{s}" for s in reversed(steps)],
-                        path, f"top 5: forward chain Y_0 -> Y_T; bottom 5: reverse chain "
-                              f"Y_T -> Y_0 (T = {T}, delta = {diffusion.delta})")
+    fig, axes = plt.subplots(2, len(steps), figsize=(2.2 * len(steps), 5.2))
+    rows = (("forward  q(Y_s | Y_0)", forward, steps), ("reverse  p(Y_(s-1) | Y_s)", reverse,
+                                                       list(reversed(steps))))
+    for row, (name, states, labels) in zip(axes, rows, strict=True):
+        for ax, y, s in zip(row, states, labels, strict=True):
+            grid = make_grid(to_unit_range(y).float().cpu(), nrow=4, padding=1, pad_value=0.5)
+            ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_title(f"{name.split()[0]}: Y_{s}", fontsize=10)
+            ax.axis("off")
+    fig.suptitle(f"Binary diffusion chains (T = {T}, delta = {diffusion.delta}): top, the forward "
+                 "process from training images; bottom, sampling from fair coins")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
 
 
