@@ -11,7 +11,7 @@ JOBS ?= 2
 TRAIN_ARGS ?= --image_size 16 --unet_dim_mults 1 2 4 --threads 1 --train_steps 3000 \
 	--save_and_sample_every 1000 --save_folder ../build/train
 
-.PHONY: setup test grade grade-all release train bench lint clean
+.PHONY: setup test grade grade-all release written train bench lint clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ grade-all: setup
 
 release: setup
 	$(PY) -m release
+	$(PY) -m release.written
+
+# The written part: dist/written/{handout,key}.pdf and rubric.md. Needs pdflatex (Debian:
+# texlive-latex-base); without it, it says so and writes only rubric.md and handout.tex.
+written: setup
+	$(PY) -m release.written
 
 train: setup
 	cd solutions && $(PY) main.py $(TRAIN_ARGS)

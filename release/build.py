@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10: the release is a staff tool, 3.11+ i
     tomllib = None
 
 from release.markers import MarkerError, find_markers, strip_solutions
+from release.tex import strip_tex_solutions
 
 MANIFEST = Path(__file__).with_name("manifest.toml")
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
@@ -135,7 +136,9 @@ def build_assignment(root, manifest):
         data = (source / rel).read_bytes()
         if matches(rel, spec["strip"]):
             text = data.decode("utf-8")
-            result = strip_solutions(text, repo_rel)
+            # LaTeX (the written part) has its own comment syntax for the same markers.
+            strip = strip_tex_solutions if rel.endswith(".tex") else strip_solutions
+            result = strip(text, repo_rel)
             built.stripped.append(StrippedFile(repo_rel, text, result))
             built.files[rel] = result.text.encode("utf-8")
         elif matches(rel, spec["copy"]):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from release import build
 from release.markers import find_markers
+from release.tex import find_tex_markers, is_generic_tex_line
 
 # ---------------------------------------------------------------- c. leaks
 
@@ -55,6 +56,9 @@ def solution_lines(built, manifest):
             for number, line in region.lines:
                 key = _normalize(line)
                 if len(key) < spec["min_line_chars"] or key.startswith("#") or key in allowed:
+                    continue
+                if f.source.endswith(".tex") and is_generic_tex_line(line,
+                                                                    spec["min_line_chars"]):
                     continue
                 answers.setdefault(key, (f.source, number, region.function))
     return answers
@@ -120,7 +124,7 @@ def check_leaks(root, manifest, built, student_entries):
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             continue
-        for number, content in find_markers(text):
+        for number, content in find_markers(text) + find_tex_markers(text):
             problems.append(f"{name}:{number}: solution marker left in shipped file: {content!r}")
         for number, line in _text_lines(inner, data):
             hit = answers.get(_normalize(line))
@@ -194,6 +198,8 @@ def check_signatures(built, manifest):
     source_dir = manifest["assignment"]["source"]
     out_dir = manifest["assignment"]["output"]
     for f in built.stripped:
+        if not f.source.endswith(".py"):
+            continue  # the written part's LaTeX has no Python API
         rel = f.source[len(source_dir) + 1:]
         staff, student = public_api(f.original), public_api(f.result.text)
         for key in sorted(set(staff) | set(student)):
