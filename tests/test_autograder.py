@@ -29,8 +29,10 @@ def graded(tmp_path_factory):
     subs = tmp_path_factory.mktemp("subs")
     (subs / "reference").mkdir()
     shutil.copy(ROOT / "solutions" / "diffusion.py", subs / "reference" / "diffusion.py")
+    shutil.copy(ROOT / "solutions" / "binary_diffusion.py", subs / "reference" / "binary_diffusion.py")
     (subs / "stub").mkdir()
     shutil.copy(ROOT / "assignment" / "diffusion.py", subs / "stub" / "diffusion (1).py")
+    shutil.copy(ROOT / "assignment" / "binary_diffusion.py", subs / "stub" / "binary_diffusion.py")
     out = tmp_path_factory.mktemp("out")
     summary = grade_all(subs, out, jobs=1, limits=Limits())
     return out, summary
@@ -46,7 +48,10 @@ def test_reference_solution_gets_full_marks(graded):
     validate_results(results)
     failing = [t["name"] + ": " + t["output"] for t in results["tests"] if t["status"] != "passed"]
     assert not failing
-    assert results["score"] == sum(t["max_score"] for t in results["tests"]) == 100
+    # two parts of 100 points each, with their totals in the output
+    assert results["score"] == sum(t["max_score"] for t in results["tests"]) == 200
+    assert "Part 1: Gaussian DDPM (diffusion.py): 100 / 100" in results["output"]
+    assert "Part 2: binary diffusion (binary_diffusion.py): 100 / 100" in results["output"]
 
 
 @pytest.mark.slow
@@ -61,17 +66,18 @@ def test_release_stub_scores_zero_and_says_not_implemented(graded):
 @pytest.mark.slow
 def test_report_breaks_the_score_down_per_function_and_explains_failures(graded):
     text = (graded[0] / "stub" / "report.md").read_text()
-    assert "**Score: 0 / 100**" in text
+    assert "**Score: 0 / 200**" in text
+    assert "### Part 2: binary diffusion (binary_diffusion.py): 0 / 100" in text
     for fn in FUNCTIONS:
         assert f"| {fn} | 0 |" in text
-    assert "not implemented" in text and "## Failing tests (26)" in text
+    assert "not implemented" in text and "## Failing tests (45)" in text
 
 
 @pytest.mark.slow
 def test_grade_all_writes_a_gradebook_and_a_summary(graded):
     out, summary = graded
     rows = list(csv.DictReader(open(out / "gradebook.csv")))
-    assert {r["submission"]: float(r["score"]) for r in rows} == {"reference": 100.0, "stub": 0.0}
+    assert {r["submission"]: float(r["score"]) for r in rows} == {"reference": 200.0, "stub": 0.0}
     assert "Score histogram" in summary and "Most-failed tests" in summary
     assert (out / "summary.md").read_text() == summary
 
@@ -89,6 +95,19 @@ def test_rubric_gives_every_test_points_visibility_and_a_function_prefix():
         assert t["name"].split(": ", 1)[0] in FUNCTIONS, t["name"]
         assert t["visibility"] in ("hidden", "after_due_date", "after_published", "visible")
     assert len({t["name"] for t in tests}) == len(tests)
+
+
+@pytest.mark.slow
+def test_a_missing_part_costs_only_that_part(tmp_path):
+    from autograder.grade import grade_submission
+
+    (tmp_path / "only_binary").mkdir()
+    shutil.copy(ROOT / "solutions" / "binary_diffusion.py", tmp_path / "only_binary")
+    results = grade_submission(tmp_path / "only_binary")
+    part1 = [t for t in results["tests"] if t["max_score"] and "not graded" in t["output"]]
+    assert results["score"] == 100 and len(part1) == 26
+    assert all("no diffusion.py" in t["output"] for t in part1)
+    assert "no diffusion.py in the submission" in results["output"]
 
 
 def test_otter_results_merge_into_ours():

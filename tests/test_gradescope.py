@@ -34,13 +34,14 @@ def test_run_autograder_grades_a_submission_under_a_simulated_autograder_root(tm
         shutil.copy(ROOT / source, root / "source" / target)
     (root / "submission").mkdir(parents=True)
     shutil.copy(ROOT / "solutions" / "diffusion.py", root / "submission" / "diffusion.py")
+    shutil.copy(ROOT / "solutions" / "binary_diffusion.py", root / "submission")
     env = dict(os.environ, AUTOGRADER_ROOT=str(root), AUTOGRADER_PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((root / "results" / "results.json").read_text())
     validate_results(results)
-    assert results["score"] == 100, [t["output"] for t in results["tests"] if t["score"] == 0]
+    assert results["score"] == 200, [t["output"] for t in results["tests"] if t["score"] == 0]
     assert stat.S_IMODE((root / "results").stat().st_mode) == 0o700
     assert stat.S_IMODE((root / "source").stat().st_mode) == 0o700
     # Deterministic: the same submission graded in another process (grade-all, in-process,
