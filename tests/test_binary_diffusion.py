@@ -477,3 +477,32 @@ def test_helpers_map_between_ranges():
     x = torch.tensor([-1.0, -0.2, 0.0, 0.3, 1.0])
     assert torch.equal(binarize(x), torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0]))
     assert torch.equal(to_unit_range(torch.tensor([-1.0, 1.0])), torch.tensor([0.0, 1.0]))
+
+
+# ----------------------------------------------------------------------------- training entry point
+
+def test_train_binary_writes_checkpoint_samples_curve_and_chains(tmp_path):
+    import train_binary
+
+    out = tmp_path / "run"
+    train_binary.main(["--image_size", "8", "--unet_dim_mults", "1", "2", "--unet_dim", "8",
+                       "--time_steps", "5", "--train_steps", "4", "--save_and_sample_every", "2",
+                       "--num_samples", "4", "--batch_size", "8", "--threads", "1",
+                       "--save_folder", str(out)])
+    for name in ("model-2.pt", "model-4.pt", "sample-4.png", "loss.csv", "loss.png", "chains.png"):
+        assert (out / name).is_file(), name
+    ckpt = torch.load(out / "model-4.pt", weights_only=True)
+    assert ckpt["config"]["delta"] == 0.05 and ckpt["config"]["time_steps"] == 5
+    (out / "chains.png").unlink()
+    train_binary.main(["--load_path", str(out / "model-4.pt"), "--visualize",
+                       "--save_folder", str(out)])
+    assert (out / "chains.png").is_file()
+
+
+@pytest.mark.parametrize("argv", [["--delta", "0.7"], ["--image_size", "10"], ["--visualize"]])
+def test_train_binary_rejects_bad_flags(argv):
+    import train_binary
+
+    with pytest.raises(SystemExit) as exit_:
+        train_binary.parse_args(argv)
+    assert exit_.value.code == 2
