@@ -481,6 +481,7 @@ def test_helpers_map_between_ranges():
 
 # ----------------------------------------------------------------------------- training entry point
 
+@pytest.mark.slow
 def test_train_binary_writes_checkpoint_samples_curve_and_chains(tmp_path):
     import train_binary
 

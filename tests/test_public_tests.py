@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from submissions.binary_mutants import ALTERNATES, source
 from submissions.stubs import stub_source
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,14 @@ def test_public_tests_pass_on_the_reference(tmp_path):
 def test_public_tests_pass_on_correct_alternates(tmp_path, path):
     code, output, _ = run_public(path, tmp_path)  # a file is accepted as well as a folder
     assert code == 0, output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alternate", ALTERNATES, ids=[a.name for a in ALTERNATES])
+def test_public_binary_tests_pass_on_correct_alternates(tmp_path, alternate):
+    folder = stage(tmp_path, None, binary=source(alternate.patches))
+    code, output, cases = run_public(folder, tmp_path, "-k", "binary")
+    assert code == 0 and len(cases) >= 15, output[-3000:]
 
 
 def test_public_tests_fail_on_the_stub_saying_not_implemented(tmp_path):

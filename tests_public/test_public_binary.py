@@ -222,9 +222,29 @@ def test_p_sample_loop_matches_reference(bdm, data, monkeypatch):
 
 
 def test_sample_matches_reference(bdm, data, monkeypatch):
+    """Y_T must be fair coins (however drawn), passed to p_sample_loop, the result mapped to {0, 1}."""
     d = make(bdm, tiny_logits(data, "m8"), timesteps=8, delta=0.1)
-    FixedUniforms(monkeypatch, bdm, list(data["sample/u"]))
+    seen = []
+
+    def p_sample_loop(y_T, return_chain=False):
+        seen.append(y_T)
+        return y_T
+
+    monkeypatch.setattr(d, "p_sample_loop", p_sample_loop)
     with student_code("sample"):
-        out = d.sample(3)
-    assert_matches("sample (T=8, 3 images)", out, data["sample/out"], 0, 0,
-                   "Y_T is +1 where the first uniform is < 1/2; the result is mapped to {0, 1}.")
+        out = d.sample(64)
+    if len(seen) != 1:
+        pytest.fail(f"sample(64): should call self.p_sample_loop once, called it {len(seen)} "
+                    "times", pytrace=False)
+    y_T = seen[0].double()
+    shape = (64, CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+    assert tuple(y_T.shape) == shape, f"sample(64): Y_T should have shape {shape}, got " \
+                                      f"{tuple(y_T.shape)}"
+    assert bool(((y_T == 1) | (y_T == -1)).all()), "sample: Y_T should hold only -1 and +1"
+    # fair coins: the fraction of +1 is within 5 standard deviations of 1/2 (false alarm < 1e-6)
+    frac = float((y_T > 0).double().mean())
+    assert abs(frac - 0.5) <= 5 * (0.25 / y_T.numel()) ** 0.5, (
+        f"sample: {100 * frac:.1f} % of Y_T is +1; fair coins give 50 %")
+    assert_matches("sample(64) with p_sample_loop returning Y_T", out, ((y_T + 1) / 2).numpy(),
+                   0, 0, "map the result of p_sample_loop from {-1, +1} to {0, 1} "
+                         "(to_unit_range).")
