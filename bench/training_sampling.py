@@ -1,12 +1,17 @@
 """Training and sampling speed at the Colab configuration, and our sampler against diffusers.
 
 Measures, on the available device (CUDA if present, else CPU, default thread count):
-  * training steps/s: one Adam step of Diffusion(Unet) on a fixed batch (data loading excluded);
-  * sampling images/s of our `Diffusion.p_sample_loop`, and of the same reverse process driven
-    by the library DDPM scheduler of diffusers (`DDPMScheduler` given our cosine betas), with
-    the same U-Net weights. The ratio ours/diffusers should be >= 1: the U-Net dominates both,
-    so that ratio is ~1 and shows little; the overhead of the two step implementations alone
-    is measured with the U-Net replaced by a free stand-in (`sampler_overhead_ms`).
+  * training steps/s of a bare eager step (one Adam step of Diffusion(Unet) on a fixed batch),
+    of our Trainer as main.py runs it (data loader included, its default --fast), and of the
+    Trainer forced onto a fast path (CUDA graphs by default; on the CPU that falls back to
+    eager, which the row says), each also as a ratio to the bare eager step;
+  * sampling images/s of our `Diffusion.p_sample_loop`, of the Trainer's fast-path sampler, and
+    of the same reverse process driven by the library DDPM scheduler of diffusers
+    (`DDPMScheduler` given our cosine betas), with the same U-Net weights. The ratios to
+    diffusers should be >= 1: eager, the U-Net dominates both, so that ratio is ~1 and shows
+    little; the overhead of the two step implementations alone is measured with the U-Net
+    replaced by a free stand-in (`sampler_overhead_ms`);
+  * on CUDA, the time to generate the 1000 images of one FID evaluation through the fast path.
 
 Before timing, it checks that the two samplers are the same algorithm: started from the same
 x_T and fed the same z at every step, they must give the same images up to float32 rounding
@@ -18,6 +23,7 @@ import copy
 import os
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +35,9 @@ SOLUTIONS = Path(__file__).resolve().parent.parent / "solutions"
 if str(SOLUTIONS) not in sys.path:
     sys.path.insert(0, str(SOLUTIONS))
 
+import fast_path  # noqa: E402
 from diffusion import Diffusion, cosine_schedule, normalize, unnormalize  # noqa: E402
+from trainer import Trainer  # noqa: E402
 from unet import Unet  # noqa: E402
 
 # Float32 unit roundoff, the scale of one rounding error.
@@ -117,6 +125,96 @@ def training_steps_per_second(config=COLAB, device=None, *, steps=5, warmup=1, r
 
     seconds = time_runs(train_steps, warmup=warmup, repeats=repeats, device=device)
     return steps / statistics.median(seconds)
+
+
+def make_trainer(config, device, fast, save_folder, *, dataset_size=256, seed=0):
+    """Our Trainer as main.py builds it, on random images in [-1, 1] held in memory."""
+    diffusion = build_diffusion(config, device, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    images = normalize(torch.rand(dataset_size, config.channels, config.image_size,
+                                  config.image_size, generator=generator))
+    dataset = torch.utils.data.TensorDataset(images)
+    return Trainer(diffusion, dataset, save_folder=save_folder, batch_size=config.batch_size,
+                   learning_rate=config.learning_rate, device=device, seed=seed, fast=fast)
+
+
+def trainer_steps_per_second(config=COLAB, device=None, fast="auto", *, steps=5, warmup=None,
+                             repeats=3, log=print):
+    """Median steps/s of Trainer.run_step on its own data loader, through `fast`.
+
+    `warmup` untimed steps first (default: enough for CUDA graphs to warm up and capture); each
+    of `repeats` timed calls runs `steps` steps. Returns dict: steps_per_s, path (the path in
+    use after any fallback: graphs, compile or off) and failure (why it fell back, or None).
+    """
+    device = torch.device(device or default_device())
+    warmup = fast_path.GRAPH_WARMUP_STEPS + 2 if warmup is None else warmup
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = make_trainer(config, device, fast, folder)
+        trainer.log = log
+        batches = trainer._batches()
+        trainer.diffusion.train()
+
+        def train_steps():
+            for _ in range(steps):
+                loss = trainer.run_step(next(batches))
+            return loss
+
+        for _ in range(warmup):
+            trainer.run_step(next(batches))
+        seconds = time_runs(train_steps, warmup=0, repeats=repeats, device=device)
+        step = trainer.train_step
+        return {"steps_per_s": steps / statistics.median(seconds), "path": step.name,
+                "failure": step.failure}
+
+
+def training_rates(config=COLAB, device=None, modes=("auto",), *, steps=5, repeats=3,
+                   log=print):
+    """Steps/s of a bare eager step and of our Trainer under each --fast mode, from one run.
+
+    Timed calls of the bare step and of each trainer alternate (see `interleaved`), so load
+    changes on a shared machine hit all alike; each call runs `steps` steps, after the warm-up
+    (and capture or compilation) of each.
+
+    Returns:
+        dict: bare (steps/s), noise (largest relative distance of one run from its median),
+        and per mode: {steps_per_s, ratio (to bare), path (after any fallback), failure}.
+    """
+    device = torch.device(device or default_device())
+    diffusion = build_diffusion(config, device)
+    diffusion.train()
+    optimizer = torch.optim.Adam(diffusion.parameters(), lr=config.learning_rate)
+    x_0 = normalize(torch.rand(config.batch_size, config.channels, config.image_size,
+                               config.image_size, device=device))
+
+    def bare():
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=True)
+            diffusion(x_0).backward()
+            optimizer.step()
+
+    runs = {"bare": bare}
+    with tempfile.TemporaryDirectory() as folder:
+        trainers = {}
+        for mode in dict.fromkeys(modes):
+            trainer = trainers[mode] = make_trainer(config, device, mode, folder)
+            trainer.log = log
+            trainer.diffusion.train()
+            batches = trainer._batches()
+            for _ in range(fast_path.GRAPH_WARMUP_STEPS + 2):
+                trainer.run_step(next(batches))
+            runs[mode] = (lambda t=trainer, b=batches:
+                          [t.run_step(next(b)) for _ in range(steps)])
+        time_runs(bare, warmup=1, repeats=0, device=device)
+        seconds = {name: [] for name in runs}
+        for name, fn in interleaved(runs, repeats):
+            seconds[name] += time_runs(fn, warmup=0, repeats=1, device=device)
+    rate = {name: steps / statistics.median(s) for name, s in seconds.items()}
+    noise = max(abs(x / statistics.median(s) - 1) for s in seconds.values() for x in s)
+    result = {"bare": rate["bare"], "noise": noise}
+    for mode, trainer in trainers.items():
+        result[mode] = {"steps_per_s": rate[mode], "ratio": rate[mode] / rate["bare"],
+                        "path": trainer.train_step.name, "failure": trainer.train_step.failure}
+    return result
 
 
 # ---------------------------------------------------------------- the two samplers
@@ -226,16 +324,19 @@ def interleaved(runs, repeats):
 
 
 def sampling_images_per_second(config=COLAB, device=None, *, warmup=1, repeats=3,
-                               check_batch=8):
+                               check_batch=8, fast=None, log=None):
     """Images/s of both samplers with the same U-Net, after checking they agree.
 
     Timed calls alternate (ours, diffusers, diffusers, ours, ...) so that load changes on a shared
-    machine hit both alike and neither always runs first; each call samples config.batch_size images through all T steps.
+    machine hit both alike and neither always runs first; each call samples config.batch_size
+    images through all T steps. With `fast` (a --fast mode), the Trainer's fast-path sampler
+    of the same model is timed too (after the calls it needs to warm up and capture).
 
     Returns:
         dict: ours and diffusers (median images/s), ratio (ours / diffusers), noise (largest
         relative distance of one run from its median), check (see
-        check_same_images, run on `check_batch` images first).
+        check_same_images, run on `check_batch` images first); with `fast` also fast
+        (images/s), fast_ratio (fast / diffusers), fast_path and fast_failure.
     """
     device = torch.device(device or default_device())
     diffusion = build_diffusion(config, device).eval()
@@ -246,6 +347,12 @@ def sampling_images_per_second(config=COLAB, device=None, *, warmup=1, repeats=3
     x_T = torch.randn(shape, device=device)
     runs = {"ours": lambda: diffusion.p_sample_loop(x_T),
             "diffusers": lambda: diffusers_sample(diffusion.model, scheduler, x_T)}
+    sampler = None
+    if fast is not None:
+        sampler = fast_path.make_sampler(diffusion, fast_path.resolve_mode(fast, device),
+                                         log=log or print)
+        runs["fast"] = lambda: sampler(config.batch_size)
+        time_runs(runs["fast"], warmup=1, repeats=0, device=device)  # graphs: the warm-up
     seconds = {name: [] for name in runs}
     for fn in runs.values():
         time_runs(fn, warmup=warmup, repeats=0, device=device)
@@ -254,7 +361,33 @@ def sampling_images_per_second(config=COLAB, device=None, *, warmup=1, repeats=3
     rate = {name: config.batch_size / statistics.median(s) for name, s in seconds.items()}
     # Run-to-run noise: the largest relative distance of a single run from its sampler's median.
     noise = max(abs(x / statistics.median(s) - 1) for s in seconds.values() for x in s)
-    return {**rate, "ratio": rate["ours"] / rate["diffusers"], "noise": noise, "check": check}
+    result = {**rate, "ratio": rate["ours"] / rate["diffusers"], "noise": noise, "check": check}
+    if sampler is not None:
+        result.update(fast_ratio=rate["fast"] / rate["diffusers"], fast_path=sampler.name,
+                      fast_failure=sampler.failure)
+    return result
+
+
+def fid_generation_seconds(config=COLAB, device=None, fast="auto", *, num_images=1000,
+                           batch_size=256, repeats=3):
+    """Median seconds to generate the images of one FID evaluation, as the Trainer does.
+
+    Batches as fid.FIDEvaluator splits them (equal sizes, at most `batch_size`), through the
+    fast-path sampler; the first evaluation (warm-up and capture) is untimed.
+    """
+    device = torch.device(device or default_device())
+    diffusion = build_diffusion(config, device).eval()
+    sampler = fast_path.make_sampler(diffusion, fast_path.resolve_mode(fast, device))
+    batches = -(-num_images // batch_size)
+    sizes = [num_images // batches + (i < num_images % batches) for i in range(batches)]
+
+    def generate():
+        with torch.no_grad():
+            for n in sizes:
+                sampler(n)
+
+    seconds = time_runs(generate, warmup=2, repeats=repeats, device=device)
+    return {"seconds": statistics.median(seconds), "path": sampler.name}
 
 
 class _FreeModel(torch.nn.Module):
@@ -306,6 +439,15 @@ def main(argv=None):
     p.add_argument("--train_steps", type=int, default=5, help="training steps per timed repeat")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's default)")
+    p.add_argument("--fast", choices=fast_path.FAST_MODES, default="graphs",
+                   help="the fast path of the 'fast path' rows (default: graphs; on the CPU it "
+                        "falls back to eager, which the rows say; compile takes minutes there)")
+    p.add_argument("--fid_images", type=int, default=None,
+                   help="images of the FID-generation row (default: 1000 on CUDA, 0 = skip, "
+                        "on the CPU)")
+    p.add_argument("--fid_batch", type=int, default=256,
+                   help="sampling batch of the FID-generation row (default: 256, main.py's on "
+                        "CUDA)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -323,22 +465,51 @@ def main(argv=None):
               f"and noisy{hint}", flush=True)
 
     def row(label, value, note=""):
-        print(f"  {label:<36} {value:<16} {note}".rstrip(), flush=True)
+        print(f"  {label:<40} {value:<16} {note}".rstrip(), flush=True)
 
-    steps = training_steps_per_second(COLAB, device, steps=args.train_steps,
-                                      repeats=args.repeats)
-    row("training", f"{steps:.2f} steps/s", f"{steps * COLAB.batch_size:.1f} images/s")
-    sampling = sampling_images_per_second(COLAB, device, repeats=args.repeats)
+    def fell_back(failure):
+        return f"; fell back to eager: {failure}" if failure else ""
+
+    quiet = lambda message: None  # noqa: E731 -- the rows say it, shorter
+    training = training_rates(COLAB, device, ("auto", args.fast), steps=args.train_steps,
+                              repeats=args.repeats, log=quiet)
+    bare = training["bare"]
+    row("training, bare eager step", f"{bare:.2f} steps/s",
+        f"{bare * COLAB.batch_size:.1f} images/s")
+    for label, mode in (("training, our trainer (--fast auto)", "auto"),
+                        (f"training, fast path (--fast {args.fast})", args.fast)):
+        measured = training[mode]
+        row(label, f"{measured['steps_per_s']:.2f} steps/s",
+            f"{measured['ratio']:.2f}x bare eager; path: {measured['path']}"
+            f"{fell_back(measured['failure'])}")
+    row("", "", f"(one run differs from the next by up to +-{100 * training['noise']:.0f} %)")
+    sampling = sampling_images_per_second(COLAB, device, repeats=args.repeats, fast=args.fast,
+                                          log=quiet)
     check = sampling["check"]
-    row("sampling, ours", f"{sampling['ours']:.2f} images/s")
+    row("sampling, ours (eager)", f"{sampling['ours']:.2f} images/s")
+    row(f"sampling, ours (--fast {args.fast})", f"{sampling['fast']:.2f} images/s",
+        f"path: {sampling['fast_path']}{fell_back(sampling['fast_failure'])}")
     row("sampling, diffusers DDPMScheduler", f"{sampling['diffusers']:.2f} images/s")
-    if sampling["ratio"] >= 1:
-        verdict = "goal >= 1: met"
-    elif sampling["ratio"] >= 1 - sampling["noise"]:
-        verdict = f"goal >= 1: tied within run-to-run noise (+-{100 * sampling['noise']:.0f} %)"
-    else:
-        verdict = "goal >= 1: NOT MET"
-    row("ratio ours / diffusers", f"{sampling['ratio']:.3f}", verdict)
+
+    def verdict(ratio):
+        if ratio >= 1:
+            return "goal >= 1: met"
+        if ratio >= 1 - sampling["noise"]:
+            return f"goal >= 1: tied within run-to-run noise (+-{100 * sampling['noise']:.0f} %)"
+        return "goal >= 1: NOT MET"
+
+    row("ratio ours (eager) / diffusers", f"{sampling['ratio']:.3f}", verdict(sampling["ratio"]))
+    row(f"ratio ours (--fast {args.fast}) / diffusers", f"{sampling['fast_ratio']:.3f}",
+        verdict(sampling["fast_ratio"]))
+    fid_images = args.fid_images
+    if fid_images is None:
+        fid_images = 1000 if device.type == "cuda" else 0
+    if fid_images > 0:
+        fid = fid_generation_seconds(COLAB, device, args.fast, num_images=fid_images,
+                                     batch_size=args.fid_batch, repeats=args.repeats)
+        row(f"FID generation, {fid_images} images, batch <= {args.fid_batch}",
+            f"{fid['seconds']:.3f} s",
+            f"path: {fid['path']}; goal < 0.5 s for 1000 on an H100")
     overhead = sampler_overhead_ms(COLAB, device)
     row("sampler overhead per step, ours", f"{overhead['ours']:.3f} ms", "U-Net replaced by 0 * x")
     row("sampler overhead per step, diffusers", f"{overhead['diffusers']:.3f} ms",

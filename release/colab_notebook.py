@@ -118,7 +118,9 @@ keeps the `cat` class, resizes every image once to 32x32 and writes PNGs to
 
 The handout's configuration. Checkpoints (`model-<step>.pt`), sample grids
 (`sample-<step>.png`), the loss curve and the FID curve go to `SAVE_FOLDER`. `--fid` downloads
-clean-fid's Inception weights once.
+clean-fid's Inception weights once. Each training step runs as one CUDA graph replay; a line
+`training: fast path 'graphs' failed (...)` means your code could not be captured (for example
+a `.item()` in `forward`): training goes on eagerly, several times slower.
 
 If the runtime disconnects: rerun sections 1-3, then this cell with
 `--load_path {SAVE_FOLDER}/model-<last step>.pt` added; training continues from that step. To

@@ -135,13 +135,18 @@ class FIDEvaluator:
             return float(frechet_distance(mu, sigma, mu_ref, sigma_ref))
 
     @torch.no_grad()
-    def __call__(self, diffusion):
-        """Generate self.num_samples images with `diffusion.sample` and return their FID."""
+    def __call__(self, diffusion, sampler=None):
+        """Generate self.num_samples images and return their FID.
+
+        Args:
+            diffusion: the model; its `sample(n)` generates unless `sampler` is given.
+            sampler: optional callable n -> n images in [0, 1] (the trainer's fast path).
+        """
         self.reference_statistics()  # fail early (e.g. offline) before spending time sampling
-        samples = []
-        remaining = self.num_samples
-        while remaining > 0:
-            n = min(self.batch_size, remaining)
-            samples.append(diffusion.sample(n).float().cpu())
-            remaining -= n
+        sample = diffusion.sample if sampler is None else sampler
+        # Batches of (nearly) equal size: a CUDA-graph sampler captures once per size.
+        batches = -(-self.num_samples // self.batch_size)
+        sizes = [self.num_samples // batches + (i < self.num_samples % batches)
+                 for i in range(batches)]
+        samples = [sample(n).float().cpu() for n in sizes]
         return self.fid_of_images(torch.cat(samples))

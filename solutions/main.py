@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from diffusion import LOSSES, SCHEDULES, Diffusion, unnormalize
+from fast_path import FAST_MODES, resolve_mode
 from image_data import DATASETS, DatasetError, load_dataset, resolve_folder
 from trainer import Trainer, load_checkpoint
 from unet import Unet
@@ -81,6 +82,16 @@ def build_parser():
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--device", default=None,
                        help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    train.add_argument("--fast", choices=FAST_MODES, default="auto",
+                       help="how training steps and sampling run: graphs (CUDA graphs, CUDA "
+                            "only), compile (torch.compile; a minute or more to compile), off "
+                            "(plain PyTorch); auto: graphs on CUDA, off on the CPU. A model the "
+                            "fast path cannot trace runs eagerly, with a note (default: auto)")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="CUDA only: autocast to bf16 (fp16 where bf16 is unsupported); "
+                            "slower at the default model size")
+    train.add_argument("--channels-last", action="store_true",
+                       help="CUDA only: channels_last memory format; slower at the default size")
     train.add_argument("--threads", type=int, default=None,
                        help="CPU threads of PyTorch (default: PyTorch's, usually one per core); "
                             "1 is often fastest for small models or on a busy machine")
@@ -165,6 +176,12 @@ def parse_args(argv=None):
         parser.error("--device cuda: CUDA is not available on this machine; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device: only cpu and cuda are supported, got {args.device!r}")
+    if device.type == "cpu" and args.fast == "graphs":
+        parser.error("--fast graphs needs CUDA; on the CPU use --fast compile or off")
+    for name in ("mixed_precision", "channels_last"):
+        if getattr(args, name) and device.type == "cpu":
+            print(f"note: --{name.replace('_', '-')} applies to CUDA only; ignored on the CPU",
+                  file=sys.stderr)
     return args
 
 
@@ -245,7 +262,8 @@ def main(argv=None):
     diffusion = build_diffusion(config)
     n_params = sum(p.numel() for p in diffusion.model.parameters())
     print(f"{args.dataset}: {len(dataset)} images, {channels}x{args.image_size}x{args.image_size}; "
-          f"U-Net {n_params / 1e6:.2f}M parameters; T={args.time_steps}; device {args.device}")
+          f"U-Net {n_params / 1e6:.2f}M parameters; T={args.time_steps}; device {args.device}, "
+          f"fast path {resolve_mode(args.fast, args.device)}")
 
     if args.visualize:
         from visualize import visualize
@@ -275,7 +293,8 @@ def main(argv=None):
         train_steps=args.train_steps, save_and_sample_every=args.save_and_sample_every,
         num_samples=args.num_samples, device=args.device, seed=args.seed,
         fid_evaluator=fid_evaluator, log_fn=make_wandb_logger(args) if args.wandb else None,
-        num_workers=2 if args.dataset != "digits" and args.device.startswith("cuda") else 0)
+        num_workers=2 if args.dataset != "digits" and args.device.startswith("cuda") else 0,
+        fast=args.fast, mixed_precision=args.mixed_precision, channels_last=args.channels_last)
     if args.load_path:
         trainer.load(args.load_path)
         print(f"resumed from {args.load_path} at step {trainer.step}")

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+import fast_path  # noqa: E402
+
 
 def checkpoint_path(save_folder, step):
     return Path(save_folder) / f"model-{step}.pt"
@@ -97,10 +99,17 @@ class Trainer:
             step count, including steps done before a resume.
         save_and_sample_every: checkpoint/sample/FID period in steps.
         num_samples: images in each sample grid.
-        device: "cpu" or "cuda"; on CUDA the trainer uses mixed precision (bf16 where
-            supported, else fp16 with a GradScaler) and channels_last.
+        device: "cpu" or "cuda".
+        fast: "auto", "graphs", "compile" or "off": how training steps and sampling run (see
+            fast_path.py); auto is CUDA graphs on CUDA and eager on the CPU. A fast path that
+            cannot trace the model falls back to eager with one line saying why.
+        mixed_precision: on CUDA, autocast to bf16 (fp16 with a GradScaler where bf16 is not
+            supported). Off by default: at the homework's size it measures slower.
+        channels_last: on CUDA, the channels_last memory format (also slower at this size).
+        compile_backend: torch.compile's backend for fast="compile" (tests use "eager").
         seed: seeds data order and sampling; the caller seeds the model's initialisation.
-        fid_evaluator: optional callable diffusion -> FID (see fid.FIDEvaluator).
+        fid_evaluator: optional callable (diffusion, sampler=n -> images) -> FID (see
+            fid.FIDEvaluator); the trainer passes its fast-path sampler.
         log_fn: optional callable (metrics: dict, step: int, images: dict name -> path),
             e.g. for Weights & Biases.
         num_workers: DataLoader worker processes.
@@ -109,13 +118,18 @@ class Trainer:
     def __init__(self, diffusion, dataset, *, save_folder, config=None, batch_size=32,
                  learning_rate=1e-3, train_steps=10000, save_and_sample_every=1000,
                  num_samples=64, device="cpu", seed=0, fid_evaluator=None, log_fn=None,
-                 num_workers=0):
+                 num_workers=0, fast="auto", mixed_precision=False, channels_last=False,
+                 compile_backend="inductor"):
         self.device = torch.device(device)
         self.use_cuda = self.device.type == "cuda"
         self.diffusion = diffusion.to(self.device)
-        if self.use_cuda:
+        self.channels_last = bool(channels_last) and self.use_cuda
+        if self.channels_last:
             self.diffusion.to(memory_format=torch.channels_last)
+        if self.use_cuda:
             torch.backends.cudnn.benchmark = True
+        self.fast = fast_path.resolve_mode(fast, self.device)
+        self.compile_backend = compile_backend
         self.dataset = dataset
         self.save_folder = Path(save_folder)
         self.save_folder.mkdir(parents=True, exist_ok=True)
@@ -129,9 +143,11 @@ class Trainer:
         self.log_fn = log_fn
         self.num_workers = int(num_workers)
 
-        self.optimizer = torch.optim.Adam(self.diffusion.model.parameters(), lr=learning_rate)
+        # A CUDA graph can only capture Adam with its step counters on the GPU (capturable).
+        self.optimizer = torch.optim.Adam(self.diffusion.model.parameters(), lr=learning_rate,
+                                          capturable=self.fast == "graphs" and self.use_cuda)
         self.amp_dtype = None
-        if self.use_cuda:
+        if self.use_cuda and mixed_precision:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         # Loss scaling is only needed for fp16 (bf16 has float32's exponent range).
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -139,6 +155,9 @@ class Trainer:
         self.step = 0
         self.losses = []  # (step, loss)
         self.fids = []    # (step, fid)
+        self._train_step = None  # built at the first train(), after a possible load()
+        self._sampler = None
+        self.log = tqdm.write  # where a fast path's fallback note goes
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -148,7 +167,7 @@ class Trainer:
         torch.save({
             "step": self.step,
             "model": self.diffusion.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": fast_path.portable_optimizer_state(self.optimizer.state_dict()),
             "scaler": self.scaler.state_dict(),
             "config": self.config,
         }, path)
@@ -158,7 +177,8 @@ class Trainer:
         """Resume from a checkpoint: model, optimizer, step, and the logs up to that step."""
         ckpt = load_checkpoint(path)
         self.diffusion.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        fast_path.load_optimizer_state(self.optimizer, ckpt["optimizer"])
+        self._train_step = None  # a captured graph would still point at the old Adam state
         if ckpt.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
@@ -181,7 +201,34 @@ class Trainer:
     def _autocast(self):
         if self.amp_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        # No weight-cast cache: a CUDA graph cannot capture one (and one forward gains little).
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype, cache_enabled=False)
+
+    @property
+    def train_step(self):
+        """images -> loss: one optimizer step through the fast path (built on first use)."""
+        if self._train_step is None:
+            self._train_step = fast_path.make_train_step(
+                self.diffusion, self.optimizer, self.fast, autocast=self._autocast,
+                scaler=self.scaler, compile_backend=self.compile_backend, log=self.log)
+        return self._train_step
+
+    @property
+    def sampler(self):
+        """n -> n images in [0, 1] on the device, through the fast path (built on first use)."""
+        if self._sampler is None:
+            self._sampler = fast_path.make_sampler(
+                self.diffusion, self.fast, compile_backend=self.compile_backend, log=self.log)
+        return self._sampler
+
+    def run_step(self, images):
+        """One optimizer step on a batch from the loader; returns its loss (on the device)."""
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss = self.train_step(images)
+        self.step += 1
+        return loss
 
     def train(self):
         """Train until self.train_steps; returns the list of (step, loss)."""
@@ -196,17 +243,8 @@ class Trainer:
         with tqdm(total=self.train_steps, initial=self.step, desc="training",
                   dynamic_ncols=True) as bar:
             while self.step < self.train_steps:
-                images = next(batches).to(self.device, non_blocking=True)
-                if self.use_cuda:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    loss = self.diffusion(images)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.step += 1
-                pending.append((self.step, loss.detach()))
+                loss = self.run_step(next(batches))
+                pending.append((self.step, loss))
 
                 save_now = (self.step % self.save_and_sample_every == 0
                             or self.step == self.train_steps)
@@ -229,7 +267,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
             torch.manual_seed(self.seed + self.step)  # same samples for the same step
             self.diffusion.eval()
-            images = self.diffusion.sample(n)
+            images = self.sampler(n)
             self.diffusion.train()
         return images.float().cpu()
 
@@ -238,7 +276,7 @@ class Trainer:
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
             torch.manual_seed(self.seed + self.step)
             self.diffusion.eval()
-            score = self.fid_evaluator(self.diffusion)
+            score = self.fid_evaluator(self.diffusion, sampler=self.sampler)
             self.diffusion.train()
         return score
 

@@ -83,3 +83,49 @@ def test_speed_functions_report_positive_rates():
     assert sampling["check"]["same"]
     overhead = ts.sampler_overhead_ms(TINY, "cpu", repeats=1)
     assert overhead["ours"] > 0 and overhead["diffusers"] > 0
+
+
+def test_trainer_rows_show_the_path_in_use_and_the_fallback_on_the_cpu():
+    eager = ts.trainer_steps_per_second(TINY, "cpu", "off", steps=1, warmup=1, repeats=1)
+    assert eager["steps_per_s"] > 0 and eager["path"] == "off" and eager["failure"] is None
+    messages = []
+    graphs = ts.trainer_steps_per_second(TINY, "cpu", "graphs", steps=1, warmup=1, repeats=1,
+                                         log=messages.append)
+    assert graphs["steps_per_s"] > 0 and graphs["path"] == "off"
+    assert "CUDA graphs need a CUDA device" in graphs["failure"]
+    assert len(messages) == 1
+
+
+def test_fast_sampler_row_and_fid_generation_on_the_cpu():
+    sampling = ts.sampling_images_per_second(TINY, "cpu", warmup=0, repeats=1, check_batch=2,
+                                             fast="graphs", log=lambda message: None)
+    assert sampling["fast"] > 0 and sampling["fast_path"] == "off"
+    assert "CUDA" in sampling["fast_failure"]
+    assert sampling["fast_ratio"] == pytest.approx(sampling["fast"] / sampling["diffusers"])
+    fid = ts.fid_generation_seconds(TINY, "cpu", "off", num_images=10, batch_size=4, repeats=1)
+    assert fid["seconds"] > 0 and fid["path"] == "off"
+
+
+def test_the_report_has_every_row(monkeypatch, capsys):
+    monkeypatch.setattr(ts, "COLAB", TINY)
+    status = ts.main(["--device", "cpu", "--repeats", "1", "--train_steps", "1",
+                      "--fid_images", "6", "--fid_batch", "4"])
+    out = capsys.readouterr().out
+    assert status == 0
+    for label in ("training, bare eager step", "training, our trainer (--fast auto)",
+                  "training, fast path (--fast graphs)", "sampling, ours (eager)",
+                  "sampling, ours (--fast graphs)", "sampling, diffusers DDPMScheduler",
+                  "ratio ours (--fast graphs) / diffusers", "FID generation, 6 images, batch <= 4"):
+        assert label in out, out
+    assert "fell back to eager: RuntimeError: CUDA graphs need a CUDA device" in out
+    assert "x bare eager" in out
+
+
+def test_training_rates_come_from_one_interleaved_run():
+    rates = ts.training_rates(TINY, "cpu", ("off", "graphs"), steps=1, repeats=2,
+                              log=lambda message: None)
+    assert rates["bare"] > 0 and rates["noise"] >= 0
+    assert rates["off"]["path"] == "off" and rates["off"]["failure"] is None
+    assert rates["graphs"]["path"] == "off" and "CUDA" in rates["graphs"]["failure"]
+    for mode in ("off", "graphs"):
+        assert rates[mode]["ratio"] == pytest.approx(rates[mode]["steps_per_s"] / rates["bare"])
