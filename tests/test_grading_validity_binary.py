@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from test_grading_validity import check_schema, function_of, table  # noqa: E402
+
 from autograder.config import GRADED_MODULES  # noqa: E402
 from autograder.grade import default_hide, grade_submission, load_rubric  # noqa: E402
 from autograder.runtime.sandbox import Sandbox  # noqa: E402
-from test_grading_validity import check_schema, function_of, table  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

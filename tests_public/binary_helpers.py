@@ -6,7 +6,6 @@ fixtures/public_binary.npz, which fixtures/generate_binary.py writes by running 
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -30,8 +30,13 @@ from torch.func import jvp
 
 from autograder.checks import U32, Verdict, compare
 
-from .probes import (probe_logits_class, probe_uniform, stub_p_sample_value, stub_posterior,
-                     stub_q_sample)
+from .probes import (
+    probe_logits_class,
+    probe_uniform,
+    stub_p_sample_value,
+    stub_posterior,
+    stub_q_sample,
+)
 
 TESTS = {}
 K = 16.0          # float32 operations per output, times 2 (see autograder/checks.py)
