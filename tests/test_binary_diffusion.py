@@ -484,7 +484,7 @@ def test_train_binary_writes_checkpoint_samples_curve_and_chains(tmp_path):
     for name in ("model-2.pt", "model-4.pt", "sample-4.png", "loss.csv", "loss.png", "chains.png"):
         assert (out / name).is_file(), name
     ckpt = torch.load(out / "model-4.pt", weights_only=True)
-    assert ckpt["config"]["delta"] == 0.05 and ckpt["config"]["time_steps"] == 5
+    assert ckpt["config"]["delta"] == 0.03 and ckpt["config"]["time_steps"] == 5
     (out / "chains.png").unlink()
     train_binary.main(["--load_path", str(out / "model-4.pt"), "--visualize",
                        "--save_folder", str(out)])
