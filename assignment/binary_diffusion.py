@@ -96,7 +96,7 @@ class BinaryDiffusion(nn.Module):
         p_replaced[t] = 1 - (1 - 2 delta)^t,   p_same[t] = P(Y_t[j] = Y_0[j])   -- eq. (B1)
     """
 
-    def __init__(self, model, *, image_size, channels=1, timesteps=50, delta=0.05):
+    def __init__(self, model, *, image_size, channels=1, timesteps=50, delta=0.03):
         super().__init__()
         if int(timesteps) < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")

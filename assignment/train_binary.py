@@ -38,7 +38,7 @@ MODEL_DEFAULTS = {
     "unet_dim": 16,
     "unet_dim_mults": [1, 2, 4],
     "time_steps": 50,
-    "delta": 0.05,
+    "delta": 0.03,
 }
 CHAIN_IMAGES = 8  # images per column of chains.png
 
@@ -70,7 +70,7 @@ def build_parser():
                    help="* width multiplier per resolution level (default: 1 2 4)")
     p.add_argument("--time_steps", type=int, default=None, help="* steps T (default: 50)")
     p.add_argument("--delta", type=float, default=None,
-                   help="* flip probability per step, in (0, 0.5] (default: 0.05)")
+                   help="* flip probability per step, in (0, 0.5] (default: 0.03)")
     p.add_argument("--batch_size", type=int, default=32, help="(default: 32)")
     p.add_argument("--train_steps", type=int, default=1500, help="(default: 1500)")
     p.add_argument("--learning_rate", type=float, default=1e-3, help="Adam's (default: 1e-3)")
