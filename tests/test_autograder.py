@@ -135,7 +135,7 @@ def test_zero_score_results_exist_before_grading_starts(tmp_path):
         proc.wait()
     results = json.loads((out / "results.json").read_text())
     validate_results(results)
-    assert results["score"] == 0 and len(results["tests"]) == 26
+    assert results["score"] == 0 and len(results["tests"]) == 45  # both parts' tests
     assert all(t["status"] == "failed" for t in results["tests"])
 
 
@@ -145,5 +145,5 @@ def test_cli_names_a_missing_submission_on_the_terminal_and_still_writes_results
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "score 0 / 100" in proc.stdout and "typo does not exist" in proc.stdout
+    assert "score 0 / 200" in proc.stdout and "typo does not exist" in proc.stdout
     validate_results(json.loads((out / "results.json").read_text()))
