@@ -67,7 +67,7 @@ def logits_to_probs(logits):
         tensor of the same shape, values in [0, 1]: the probability that the pixel is +1
         (sigmoid(logits) = 1 / (1 + exp(-logits))). Must not be NaN for logits of +-1e4.
     """
-    # TODO: which activation maps (-inf, inf) onto a probability in [0, 1]? (question (c))
+    # TODO: which activation maps (-inf, inf) onto a probability in [0, 1]? (written question 8c)
     raise NotImplementedError("logits_to_probs: implement eq. (B4); see the docstring")
 
 
@@ -117,7 +117,7 @@ class BinaryDiffusion(nn.Module):
         return torch.rand(shape, device=device)
 
     def q_sample(self, y_0, t, u_replace, u_coin):
-        """Sample Y_t given Y_0 in one shot, eq. (B2) (question (b)): no loop over steps.
+        """Sample Y_t given Y_0 in one shot, eq. (B2) (written question 8b): no loop over steps.
 
         Pixel j is replaced where u_replace[j] < p_replaced[t]; a replaced pixel becomes +1
         where u_coin[j] < 1/2 and -1 otherwise; every other pixel keeps its value y_0[j].
@@ -134,7 +134,7 @@ class BinaryDiffusion(nn.Module):
         raise NotImplementedError("q_sample: implement eq. (B2); see the docstring")
 
     def q_posterior(self, y_t, y_0, t):
-        """P(Y_{t-1}[j] = +1 | Y_t = y_t, Y_0 = y_0), eq. (B3) (question (d)), for x = +1 and -1.
+        """P(Y_{t-1}[j] = +1 | Y_t = y_t, Y_0 = y_0), eq. (B3) (written question 8d), for x = +1 and -1.
 
         Prior: P(Y_{t-1}[j] = +1 | Y_0[j]) from self.p_same at step t - 1. Likelihood: one more
         step flips the pixel with probability delta. Then Bayes' rule.
@@ -170,7 +170,7 @@ class BinaryDiffusion(nn.Module):
         raise NotImplementedError("reverse_probs: implement eq. (B4); see the docstring")
 
     def p_loss(self, y_0, t, u_replace, u_coin):
-        """Training loss for given images, steps and uniforms, eq. (B5) (question (e)).
+        """Training loss for given images, steps and uniforms, eq. (B5) (written question 8e).
 
         Y_t = self.q_sample(y_0, t, u_replace, u_coin), logits = self.model(Y_t, t) (called once),
         P = self.q_posterior(Y_t, y_0, t), and with Q = Q_t(Y_t) of eq. (B4):
@@ -233,7 +233,7 @@ class BinaryDiffusion(nn.Module):
 
     @torch.no_grad()
     def p_sample_loop(self, y_T, return_chain=False):
-        """Run the reverse process from y_T through t = T, T-1, ..., 1 (question (f)).
+        """Run the reverse process from y_T through t = T, T-1, ..., 1 (written question 8f).
 
         Args:
             y_T: (B, C, H, W) starting images in {-1, +1} (usually fair coins).

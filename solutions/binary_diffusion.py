@@ -77,7 +77,7 @@ def logits_to_probs(logits):
     return torch.sigmoid(logits)
     # END SOLUTION
     # BEGIN STUB
-    # # TODO: which activation maps (-inf, inf) onto a probability in [0, 1]? (question (c))
+    # # TODO: which activation maps (-inf, inf) onto a probability in [0, 1]? (written question 8c)
     # raise NotImplementedError("logits_to_probs: implement eq. (B4); see the docstring")
     # END STUB
 
@@ -128,7 +128,7 @@ class BinaryDiffusion(nn.Module):
         return torch.rand(shape, device=device)
 
     def q_sample(self, y_0, t, u_replace, u_coin):
-        """Sample Y_t given Y_0 in one shot, eq. (B2) (question (b)): no loop over steps.
+        """Sample Y_t given Y_0 in one shot, eq. (B2) (written question 8b): no loop over steps.
 
         Pixel j is replaced where u_replace[j] < p_replaced[t]; a replaced pixel becomes +1
         where u_coin[j] < 1/2 and -1 otherwise; every other pixel keeps its value y_0[j].
@@ -152,7 +152,7 @@ class BinaryDiffusion(nn.Module):
         # END STUB
 
     def q_posterior(self, y_t, y_0, t):
-        """P(Y_{t-1}[j] = +1 | Y_t = y_t, Y_0 = y_0), eq. (B3) (question (d)), for x = +1 and -1.
+        """P(Y_{t-1}[j] = +1 | Y_t = y_t, Y_0 = y_0), eq. (B3) (written question 8d), for x = +1 and -1.
 
         Prior: P(Y_{t-1}[j] = +1 | Y_0[j]) from self.p_same at step t - 1. Likelihood: one more
         step flips the pixel with probability delta. Then Bayes' rule.
@@ -207,7 +207,7 @@ class BinaryDiffusion(nn.Module):
         # END STUB
 
     def p_loss(self, y_0, t, u_replace, u_coin):
-        """Training loss for given images, steps and uniforms, eq. (B5) (question (e)).
+        """Training loss for given images, steps and uniforms, eq. (B5) (written question 8e).
 
         Y_t = self.q_sample(y_0, t, u_replace, u_coin), logits = self.model(Y_t, t) (called once),
         P = self.q_posterior(Y_t, y_0, t), and with Q = Q_t(Y_t) of eq. (B4):
@@ -304,7 +304,7 @@ class BinaryDiffusion(nn.Module):
 
     @torch.no_grad()
     def p_sample_loop(self, y_T, return_chain=False):
-        """Run the reverse process from y_T through t = T, T-1, ..., 1 (question (f)).
+        """Run the reverse process from y_T through t = T, T-1, ..., 1 (written question 8f).
 
         Args:
             y_T: (B, C, H, W) starting images in {-1, +1} (usually fair coins).

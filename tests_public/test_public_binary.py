@@ -73,7 +73,7 @@ def test_logits_to_probs(bdm, data):
     with student_code("logits_to_probs"):
         out = bdm.logits_to_probs(torch.from_numpy(data["probs/logits"]))
     assert_matches("logits_to_probs (logits of size up to 1e4)", out, data["probs/out"],
-                   0.0, 1e-6, "question (c): the activation must map any real number into "
+                   0.0, 1e-6, "written question 8c: the activation must map any real number into "
                    "[0, 1] without overflow (no NaN at +-1e4).")
 
 

@@ -175,7 +175,7 @@ def logits_to_probs(ctx):
     # relatively, where the probability is small
     ok, lines = compare(r.arrays["out"], expected, K * U32 * (1 + expected), what=what)
     if not ok:
-        return fail(lines, "question (c): which activation maps every real number into [0, 1]? "
+        return fail(lines, "written question 8c: which activation maps every real number into [0, 1]? "
                            "It must not overflow to NaN at +-1e4.")
     return Verdict.ok()
 
