@@ -1,5 +1,9 @@
-"""python -m autograder grade SUBMISSION --out DIR
-   python -m autograder grade-all SUBMISSIONS_DIR --out DIR --jobs N"""
+"""python -m autograder grade SUBMISSION --out DIR [--memory-limit-mb N]
+   python -m autograder grade-all SUBMISSIONS_DIR --out DIR --jobs N [--memory-limit-mb N]
+   python -m autograder check [--memory-limit-mb N]     (can the grader grade here? its memory)
+
+Exit status 0 once a submission is graded, whatever its score; 2 with "grader environment error"
+when the grader cannot grade here (then no results.json and no gradebook are written)."""
 
 import argparse
 import sys
@@ -12,37 +16,69 @@ def main(argv=None):
     g = sub.add_parser("grade", help="grade one submission (a diffusion.py or a folder)")
     g.add_argument("submission")
     g.add_argument("--out", required=True, help="folder for results.json and report.md")
-    g.add_argument("--timeout", type=float, default=None, help="seconds per probe (default 20)")
     g.add_argument("--otter-results", default=None,
                    help="an Otter results.json (notebook checks) to merge into ours")
     a = sub.add_parser("grade-all", help="grade every submission in a folder")
     a.add_argument("submissions")
     a.add_argument("--out", required=True)
     a.add_argument("--jobs", type=int, default=2)
-    a.add_argument("--timeout", type=float, default=None)
+    c = sub.add_parser("check", help="check that the grader can grade here; print its memory "
+                                     "budget as JSON")
+    for p in (g, a, c):
+        p.add_argument("--timeout", type=float, default=None, help="seconds per probe (default 10)")
+        p.add_argument("--memory-limit-mb", type=int, default=None,
+                       help="the memory limit to grade within (default: the container's, from "
+                            "its cgroup, else the machine's memory)")
     args = parser.parse_args(argv)
 
-    from .runtime.sandbox import Limits
+    from .runtime.sandbox import GraderEnvironmentError, Limits
 
-    limits = Limits() if args.timeout is None else Limits(timeout_s=args.timeout)
-    if args.command == "grade":
-        import json
-        from pathlib import Path
+    limits = Limits(memory_limit_mb=args.memory_limit_mb)
+    if args.timeout is not None:
+        limits.timeout_s = args.timeout
+    try:
+        if args.command == "grade":
+            return _grade(args, limits)
+        if args.command == "check":
+            return _check(limits)
+        from .gradebook import grade_all
 
-        from .grade import grade_submission
-
-        otter = json.loads(Path(args.otter_results).read_text()) if args.otter_results else None
-        results = grade_submission(args.submission, args.out, limits=limits, otter_results=otter)
-        total = sum(t["max_score"] for t in results["tests"])
-        print(f"score {results['score']:g} / {total:g}  ({results['execution_time']:.1f} s)")
-        if results.get("output"):  # e.g. a wrong path or no diffusion.py: say so here too
-            print(results["output"].strip())
-        print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
+        limits.memory_shares = max(1, args.jobs)
+        print(grade_all(args.submissions, args.out, jobs=args.jobs, limits=limits))
         return 0
-    from .gradebook import grade_all
+    except GraderEnvironmentError as exc:
+        print(str(exc), file=sys.stderr)
+        print("nothing was graded: this is a fault of the grader's environment, not of a "
+              "submission", file=sys.stderr)
+        return 2
 
-    summary = grade_all(args.submissions, args.out, jobs=args.jobs, limits=limits)
-    print(summary)
+
+def _check(limits):
+    import json
+
+    from .grade import default_hide
+    from .runtime.sandbox import Sandbox
+
+    with Sandbox(hide=default_hide(), limits=limits) as sandbox:
+        budget = sandbox.check()
+    print(budget.describe(), file=sys.stderr)
+    print(json.dumps(vars(budget)))
+    return 0
+
+
+def _grade(args, limits):
+    import json
+    from pathlib import Path
+
+    from .grade import grade_submission
+
+    otter = json.loads(Path(args.otter_results).read_text()) if args.otter_results else None
+    results = grade_submission(args.submission, args.out, limits=limits, otter_results=otter)
+    total = sum(t["max_score"] for t in results["tests"])
+    print(f"score {results['score']:g} / {total:g}  ({results['execution_time']:.1f} s)")
+    if results.get("output"):  # e.g. a wrong path or no diffusion.py: say so here too
+        print(results["output"].strip())
+    print(f"wrote {Path(args.out) / 'results.json'} and {Path(args.out) / 'report.md'}")
     return 0
 
 

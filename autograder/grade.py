@@ -15,6 +15,14 @@ Python API (for tests that grade many submissions in one process):
 
 `grade_submission` never raises for anything the submission does; it returns (and writes) a
 valid results dict in every case. With out_dir, a zero-score results.json is written first.
+When the grader cannot grade here (the worker does not start or cannot compute, the memory
+limit leaves too little), it raises GraderEnvironmentError and leaves no results.json: an
+environment fault is never a student's zero.
+
+Time: a function whose probe timed out is not called again (its later tests fail at once with
+"timed out earlier"); after the first timeout, probes get at most what is left of
+Limits.hang_pool_s (never under Limits.after_hangs_timeout_s): a submission that hangs
+everywhere is graded in about a minute.
 """
 
 import importlib
@@ -34,7 +42,7 @@ import torch
 
 from . import checks, report
 from .config import DEFAULT_BUDGET_S, GRADED_MODULES, ROOT
-from .runtime.sandbox import Limits, ProbeResult, Sandbox
+from .runtime.sandbox import GraderEnvironmentError, Limits, ProbeResult, Sandbox
 
 
 def load_rubric(module):
@@ -114,40 +122,83 @@ class Context:
         self.cache = {}
         self.outputs = []
         self.tests = {}
+        self.names = {}          # test id -> rubric name ("<function>: <behaviour>")
+        self.timed_out = {}      # function -> the name of the test in which it timed out
+        self.hang_spent = 0.0    # seconds spent in probes that timed out
+        self._stack = []         # the tests being computed (ctx.verdict nests)
+
+    @property
+    def function(self):
+        """The function whose test is being computed (the rubric name's prefix)."""
+        if not self._stack:
+            return ""
+        return self.names.get(self._stack[-1], self._stack[-1]).split(":", 1)[0]
 
     def verdict(self, test_id):
         """The verdict of another test (computed once), for tests that build on it."""
         if test_id not in self._verdicts:
+            self._stack.append(test_id)
             try:
-                self._verdicts[test_id] = self.tests[test_id](self)
+                earlier = self.timed_out.get(self.function)
+                if earlier is not None:
+                    self._verdicts[test_id] = checks.Verdict.fail(
+                        f"{self.function}: timed out earlier (in \"{earlier}\"); not called again")
+                else:
+                    self._verdicts[test_id] = self.tests[test_id](self)
             except Exception as exc:  # malformed outputs from the submission land here
                 self._verdicts[test_id] = checks.Verdict.fail(
                     f"the returned values could not be checked ({type(exc).__name__}: {exc})")
+            finally:
+                self._stack.pop()
         return self._verdicts[test_id]
 
     def probe(self, kind, cfg=None, arrays=None, *, key="", noise_seed=0, seed=0, timeout_s=None):
         """Run (once per submission) probe `kind` in the sandbox; `key` names the inputs."""
+        function = self.function
+        if function in self.timed_out:
+            return ProbeResult(False, status="skipped",
+                               error=f"timed out earlier (in \"{self.timed_out[function]}\")")
         cache_key = (kind, json.dumps(cfg, sort_keys=True), key, noise_seed, seed)
         if cache_key not in self._probes:
+            limits = self.sandbox.limits
             remaining = self.deadline - time.monotonic()
+            timeout = timeout_s or limits.timeout_s
+            if self.hang_spent:  # something hangs: what is left of the pool, or the floor
+                timeout = min(timeout, max(limits.hang_pool_s - self.hang_spent,
+                                           limits.after_hangs_timeout_s))
             if remaining <= 1:
                 result = ProbeResult(False, status="timeout",
                                      error="the grading time budget was exhausted")
             else:
-                timeout = min(timeout_s or self.sandbox.limits.timeout_s, remaining)
                 header = {"probe": kind, "cfg": cfg or {}, "noise_seed": noise_seed, "seed": seed}
                 result = self.sandbox.probe(header, {k: _np(v) for k, v in (arrays or {}).items()},
-                                            timeout_s=timeout)
+                                            timeout_s=min(timeout, remaining))
+                if result.status == "timeout":
+                    self.hang_spent += result.seconds
             if result.output:
                 self.outputs.append(result.output)
             self._probes[cache_key] = result
-        return self._probes[cache_key]
+        result = self._probes[cache_key]
+        if result.status == "timeout" and function and function not in self.timed_out:
+            self.timed_out[function] = self.names.get(self._stack[-1], function)
+        return result
 
-    @staticmethod
-    def failed(result, what):
-        """The verdict for a probe that did not return (error, timeout, crash)."""
+    def failed(self, result, what):
+        """The verdict for a probe that did not return (error, timeout, memory, crash)."""
         if result.not_implemented:
             return checks.Verdict.fail(f"{what}: not implemented ({result.error})")
+        function = self.function or what.split(" ")[0]
+        if result.status == "memory":
+            detail = result.error.split("): ", 1)[-1]
+            # Where it happened, when the traceback names a graded function (a test of
+            # `training` that runs out in the student's `forward` names `forward`).
+            where = re.search(r", in (\w+)\)$", result.error)
+            functions = {name.split(":", 1)[0] for name in self.names.values()}
+            named = [f for f in functions if where and f.split(".")[-1] == where.group(1)]
+            return checks.Verdict.fail(f"{what}: ran out of memory in `{(named or [function])[0]}`"
+                                       f" (limit {result.memory_limit_mb} MB; {detail})")
+        if result.status == "skipped":
+            return checks.Verdict.fail(f"{what}: {result.error}; `{function}` is not called again")
         prefix = {"timeout": "timed out", "crashed": "crashed"}.get(result.status, "raised an error")
         return checks.Verdict.fail(f"{what}: {prefix}: {result.error}")
 
@@ -176,14 +227,20 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
     try:
         if own:
             sandbox = Sandbox(hide=default_hide(out, submission), limits=limits or Limits())
+        sandbox.check()  # can we grade here at all? (GraderEnvironmentError if not)
+        deadline = time.monotonic() + budget_s  # the submission's time starts now
         for module, rubric in rubrics:
-            part = _grade_module(module, rubric, submission, sandbox, start + budget_s, cuda,
+            part = _grade_module(module, rubric, submission, sandbox, deadline, cuda,
                                  notes, student_output)
             parts.append(_part_total(module, part))
             tests += part
         if len(parts) > 1:  # per-part totals first in the output
             notes[:0] = [f"{p['title']}: {p['score']:g} / {p['max_score']:g}" for p in parts]
         notes += sandbox.notes
+    except GraderEnvironmentError:
+        if out is not None:  # no zero may stand for a grading that could not happen
+            (out / "results.json").unlink(missing_ok=True)
+        raise
     except Exception as exc:  # a grader failure still yields a valid zero-score result
         notes.append(f"grading error: {type(exc).__name__}: {exc}")
         done = {t["name"] for t in tests}
@@ -201,6 +258,8 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         "stdout_visibility": "hidden",
         "tests": tests,
     }
+    if sandbox is not None and sandbox.budget is not None:
+        results["extra_data"] = {"memory_mb": vars(sandbox.budget)}
     if otter_results is not None:
         results = report.merge_otter(results, otter_results)
     report.validate_results(results)
@@ -241,6 +300,7 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
         raise RuntimeError(f"rubric tests without an implementation: {missing}")
     ctx = Context(sandbox, load_reference(module), deadline, cuda)
     ctx.tests = implementations
+    ctx.names = {t["id"]: t["name"] for t in rubric}
     imported = ctx.probe("import")
     if not imported.ok:
         student_output += ctx.outputs

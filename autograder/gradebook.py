@@ -4,9 +4,12 @@ Each entry of SUBMISSIONS_DIR (a diffusion.py-like file, or a folder per student
 OUT/<name>/ (results.json, report.md). Then OUT/gradebook.csv (one row per submission: total
 and one column per test) and OUT/summary.md (score histogram, most-failed tests).
 `--jobs N` runs N sandboxes (zygotes) in parallel threads; each is reused across its submissions.
+A grader environment error (GraderEnvironmentError) stops grading and raises: no gradebook of
+zeros. Each of the N sandboxes' probes gets 1/N of the memory budget.
 """
 
 import csv
+import dataclasses
 import queue
 import re
 import threading
@@ -14,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from .grade import default_hide, grade_submission
-from .runtime.sandbox import Limits, Sandbox
+from .runtime.sandbox import GraderEnvironmentError, Limits, Sandbox
 
 
 def _entries(folder):
@@ -38,12 +41,18 @@ def grade_all(submissions_dir, out_dir, *, jobs=2, limits=None):
         todo.put(e)
     results = {}
     lock = threading.Lock()
+    failures = []
+    n = max(1, min(jobs, len(entries)))
+    limits = limits or Limits()
+    if limits.memory_shares < n:
+        limits = dataclasses.replace(limits, memory_shares=n)
 
     def work():
         sandbox = None
         try:
-            sandbox = Sandbox(hide=default_hide(out, submissions_dir), limits=limits or Limits())
-            while True:
+            sandbox = Sandbox(hide=default_hide(out, submissions_dir), limits=limits)
+            sandbox.check()
+            while not failures:
                 try:
                     entry = todo.get_nowait()
                 except queue.Empty:
@@ -51,15 +60,19 @@ def grade_all(submissions_dir, out_dir, *, jobs=2, limits=None):
                 res = grade_submission(entry, out / _safe_name(entry), sandbox=sandbox)
                 with lock:
                     results[entry] = res
+        except GraderEnvironmentError as exc:
+            failures.append(exc)
         finally:
             if sandbox is not None:
                 sandbox.close()
 
-    threads = [threading.Thread(target=work) for _ in range(max(1, min(jobs, len(entries))))]
+    threads = [threading.Thread(target=work) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if failures:
+        raise failures[0]
     return write_gradebook(out, [(e, results[e]) for e in entries if e in results])
 
 

@@ -14,7 +14,7 @@ _HERE = Path(__file__).resolve().parent
 
 ENGINE = ("__init__.py", "__main__.py", "checks.py", "config.py", "grade.py", "gradebook.py",
           "package.py", "report.py", "runtime/__init__.py", "runtime/sandbox.py",
-          "runtime/worker.py", "runtime/wire.py", "runtime/probekit.py")
+          "runtime/worker.py", "runtime/wire.py", "runtime/probekit.py", "runtime/memory.py")
 
 
 def _graded_modules():

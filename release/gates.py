@@ -408,7 +408,8 @@ def check_reference_grader(root, scratch):
 
 
 def check_stubs_grader(root, assignment, scratch):
-    """Gate b (grader): the stubs score 0 on every graded test."""
+    """Gate b (grader): the stubs score 0 on every graded test, and every test says "not
+    implemented" (a zero for any other reason, e.g. a broken sandbox, is the grader's fault)."""
     results, problem = grade(root, assignment, scratch)
     if problem:
         return [problem]
@@ -419,9 +420,11 @@ def check_stubs_grader(root, assignment, scratch):
                 for t in tests if float(t.get("score", 0)) != 0]
     if not problems and float(results.get("score", 0)) != 0:
         problems.append(f"the stubs score {results.get('score')} in total")
-    said = sum("not implemented" in str(t.get("output", "")).lower() for t in tests)
+    silent = [t for t in tests if "not implemented" not in str(t.get("output", "")).lower()]
+    problems += [f"on the stubs, {t.get('name')!r} does not say 'not implemented': "
+                 f"{str(t.get('output', '')).strip()[:300]}" for t in silent]
     return problems, (f"{float(results.get('score', 0)):g} points on {len(tests)} graded tests; "
-                      f"{said} say 'not implemented'")
+                      f"{len(tests) - len(silent)} say 'not implemented'")
 
 
 def unzip(path, dest):

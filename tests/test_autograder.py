@@ -147,3 +147,98 @@ def test_cli_names_a_missing_submission_on_the_terminal_and_still_writes_results
     assert proc.returncode == 0, proc.stderr
     assert "score 0 / 200" in proc.stdout and "typo does not exist" in proc.stdout
     validate_results(json.loads((out / "results.json").read_text()))
+
+
+# ----------------------------------------------------------------------------- bounded time
+
+@pytest.mark.slow
+def test_a_submission_that_hangs_everywhere_is_graded_in_bounded_time(tmp_path):
+    """Each function times out once; its later tests fail at once ("timed out earlier"); after
+    the first timeout, probes share a pool (limits scaled down here, the same rule as the
+    defaults: 10 s per probe, a 30 s pool, 5 s after it, about a minute in all)."""
+    from submissions.hostile_cases import HOSTILE
+
+    from autograder.grade import grade_submission
+
+    case = next(h for h in HOSTILE if "hang" in h.checks)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "diffusion.py").write_text(case.source())
+    limits = Limits(timeout_s=2.0, hang_pool_s=4.0, after_hangs_timeout_s=1.0)
+    start = time.monotonic()
+    results = grade_submission(sub, tmp_path / "out", limits=limits)
+    elapsed = time.monotonic() - start
+    validate_results(results)
+    assert results["score"] == 0
+    by_function = {}
+    for t in results["tests"]:
+        by_function.setdefault(t["name"].split(":", 1)[0], []).append(t["output"])
+    assert set(by_function) == set(FUNCTIONS)
+    for function, outputs in by_function.items():
+        first, *later = outputs
+        assert "timed out: did not finish within" in first, (function, first)
+        assert all("timed out earlier" in o and "not called again" in o for o in later), later
+    # Probe time: two full timeouts fill the pool, then 1 s for each of the 7 other functions;
+    # the rest is starting the sandbox and the grader's own work (generous on a loaded machine).
+    bound = limits.hang_pool_s + limits.timeout_s + 7 * limits.after_hangs_timeout_s
+    assert elapsed < bound + 40, f"{elapsed:.0f} s for a submission that hangs everywhere"
+
+
+# ----------------------------------------------------------------------------- environment
+
+def _env_without_numpy_for_the_worker(tmp_path):
+    """A real environment fault: a bare venv whose torch and numpy come from PYTHONPATH. The
+    grader imports them; the worker (python -I, clean environment) cannot."""
+    venv = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "torch").is_dir())
+    env = dict(os.environ, PYTHONPATH=site)
+    return venv / "bin" / "python", env
+
+
+def test_a_worker_that_cannot_import_numpy_is_a_grader_environment_error(tmp_path):
+    python, env = _env_without_numpy_for_the_worker(tmp_path)
+    out = tmp_path / "out"
+    proc = subprocess.run([str(python), "-m", "autograder", "grade", str(ROOT / "solutions"),
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "grader environment error" in proc.stderr and "numpy" in proc.stderr
+    assert "import numpy, torch" in proc.stderr  # what to try, to fix it
+    assert not (out / "results.json").exists() and "score" not in proc.stdout
+    proc = subprocess.run([str(python), "-m", "autograder", "grade-all", str(ROOT / "solutions"),
+                           "--out", str(tmp_path / "all")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "grader environment error" in proc.stderr
+    assert not (tmp_path / "all" / "gradebook.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_python_prefix_behind_a_symbolic_link_grades(tmp_path):
+    """The sandbox binds real paths back into its namespace; a venv reached through a link
+    (a home folder that is a link, a checkout's .venv) must still work there."""
+    link = tmp_path / "linked-venv"
+    link.symlink_to(Path(sys.prefix).resolve(), target_is_directory=True)
+    python = link / "bin" / Path(sys.executable).name
+    out = tmp_path / "out"
+    proc = subprocess.run([str(python), "-m", "autograder", "grade",
+                           str(ROOT / "assignment" / "diffusion.py"), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    # The stub: every probe ran in the worker and came back "not implemented" (not a crash).
+    assert all("not implemented" in t["output"] for t in results["tests"]), results["output"]
+
+
+def test_release_gate_rejects_stubs_that_score_0_for_another_reason_than_not_implemented(tmp_path):
+    """A zero that does not say "not implemented" (here: a file that does not import, as a broken
+    sandbox would give) fails the stubs gate: it would hide a grader that grades everyone 0."""
+    from release.gates import check_stubs_grader
+
+    kit = tmp_path / "kit"
+    kit.mkdir()
+    (kit / "diffusion.py").write_text("def broken(:\n")
+    problems, summary = check_stubs_grader(ROOT, kit, tmp_path / "scratch")
+    assert problems and all("does not say 'not implemented'" in p for p in problems), problems
+    assert summary.endswith("0 say 'not implemented'")

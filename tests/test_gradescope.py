@@ -63,3 +63,27 @@ def test_run_autograder_grades_a_submission_under_a_simulated_autograder_root(tm
 def test_results_schema_check_rejects_malformed_results(bad):
     with pytest.raises(ValueError):
         validate_results(bad)
+
+
+def test_run_autograder_reports_an_environment_fault_as_a_failure_not_a_zero(tmp_path):
+    """The worker cannot import numpy (torch and numpy on PYTHONPATH only): run_autograder
+    leaves no results.json, so Gradescope shows "The autograder failed to execute correctly"
+    (staff see it; the student is told to contact them) instead of recording a 0."""
+    root = tmp_path / "autograder"
+    for source, target in FILES.items():
+        (root / "source" / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / source, root / "source" / target)
+    (root / "submission").mkdir(parents=True)
+    shutil.copy(ROOT / "solutions" / "diffusion.py", root / "submission" / "diffusion.py")
+    venv = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    site = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "torch").is_dir())
+    env = dict(os.environ, AUTOGRADER_ROOT=str(root), AUTOGRADER_PYTHON=str(venv / "bin" / "python"),
+               PYTHONPATH=site)
+    proc = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert not (root / "results" / "results.json").exists()
+    log = proc.stdout + proc.stderr
+    assert "grader environment error" in log and "contact the course staff" in log

@@ -45,10 +45,11 @@ FULL_MARKS = sum(float(t["points"]) for t in FULL_RUBRIC)
 # Hostile submissions run with a short per-probe limit and grading budget so that the suite stays
 # fast; the engine enforces them exactly as it does its defaults (Limits().timeout_s and
 # DEFAULT_BUDGET_S). GRACE covers what the budget does not: starting the sandbox (importing torch
-# in the zygote), tearing it down, writing the files.
-HOSTILE_LIMITS = Limits(timeout_s=3.0)
+# in the zygote and checking it: up to ~30 s on a loaded 2-core machine), tearing it down, writing
+# the files. The budget starts once the sandbox is ready.
+HOSTILE_LIMITS = Limits(timeout_s=3.0, max_probe_memory_mb=256)
 HOSTILE_BUDGET_S = 15.0
-GRACE_S = 20.0
+GRACE_S = 40.0
 ORPHAN_TOKEN = "ddpm-hostile-orphan-5f1c"  # in hostile/orphan_processes.py
 FAKE_MARKERS = ("FAKE-RESULTS-ddpm-hostile", ORPHAN_TOKEN)  # in what the hostile files forge
 # Where a forged results.json would matter: Gradescope's path and the grader's own tree. (Other

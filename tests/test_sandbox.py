@@ -4,9 +4,11 @@ Each test stages a small hostile "diffusion.py" whose top-level code does the ho
 prints what it managed; the grader reads only the capped output and the probe's status.
 """
 
+import dataclasses
 import os
 import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,68 @@ def test_memory_hog_hits_the_memory_limit(sandbox):
     r = run(sandbox, "x = bytearray(2 << 30)\nprint('allocated')\n")
     assert not r.ok and "allocated" not in r.output
     assert "MemoryError" in r.error or r.status == "crashed"
+
+
+@contextmanager
+def budget(sandbox, child_mb, address_space_mb):
+    """Run with a per-probe memory budget of `child_mb` (address_space_mb=0: no RLIMIT_AS, so
+    only the grader's sampling holds it, as for a GPU probe)."""
+    sandbox.check()
+    saved = sandbox.budget, sandbox.limits
+    sandbox.budget = dataclasses.replace(sandbox.budget, child_mb=child_mb)
+    sandbox.limits = dataclasses.replace(sandbox.limits, address_space_mb=address_space_mb,
+                                         timeout_s=30)
+    try:
+        yield
+    finally:
+        sandbox.budget, sandbox.limits = saved
+
+
+GROW = """
+    import torch
+    hoard = []
+    while True:  # 64 MB a step, every page written
+        hoard.append(torch.ones(1 << 24))
+        print(len(hoard), flush=True)
+"""
+
+
+def test_child_asks_the_kernel_to_kill_it_first(sandbox):
+    r = run(sandbox, "print('adj', open('/proc/self/oom_score_adj').read().strip())\n")
+    assert r.ok and "adj 1000" in r.output, r.output
+
+
+def test_torch_allocator_failure_reads_as_out_of_memory(sandbox):
+    with budget(sandbox, 200, 200):
+        r = run(sandbox, GROW)
+    assert r.status == "memory" and r.memory_limit_mb == 200, r.error
+    assert r.error.startswith("ran out of memory (limit 200 MB)")
+    assert "can't allocate memory" in r.header["message"]  # torch's own words...
+    assert "allocating 64 MB failed" in r.error, r.error       # ...in a line
+    assert int(r.output.split()[-1]) <= 200 // 64  # it never held more than the budget
+
+
+def test_sampling_stops_what_the_address_space_limit_does_not_hold(sandbox):
+    with budget(sandbox, 200, 0):
+        r = run(sandbox, GROW)
+    assert r.status == "memory", (r.status, r.error)
+    assert r.error.startswith("ran out of memory (limit 200 MB): it was stopped at")
+    # Stopped within a few steps past the budget (one 20 ms sample apart on a busy machine).
+    assert 200 < r.peak_mb < 200 + 5 * 64, r.peak_mb
+
+
+def test_a_child_killed_near_its_budget_reads_as_out_of_memory(sandbox):
+    # What the kernel's OOM killer does (SIGKILL, no traceback), done by the child itself once it
+    # holds 192 of its 200 MB.
+    with budget(sandbox, 200, 0):
+        r = run(sandbox, """
+            import os, signal, time, torch
+            hoard = [torch.ones(1 << 24) for _ in range(3)]
+            time.sleep(0.5)  # let the grader's sampling see it
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    assert r.status == "memory", (r.status, r.error)
+    assert r.error.startswith("ran out of memory (limit 200 MB): it was killed at")
 
 
 def test_megabytes_of_output_are_capped(sandbox):

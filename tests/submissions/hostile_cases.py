@@ -12,7 +12,9 @@ deserves "partial": a copy of the reference that misbehaves in some functions: e
     damage to the functions that misbehave).
 expect: a regular expression (case-insensitive) that must occur in the output of at least one
     test that scored 0: the student is told what went wrong.
-checks: extra properties tests/test_grading_validity.py verifies for this case.
+checks: extra properties tests/test_grading_validity.py verifies for this case ("memory":
+    tests/test_memory.py grades it under a tight --memory-limit-mb; "hang": tests/test_autograder.py
+    bounds its grading time).
 """
 
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ class Hostile:
     expect: str = ""
     zero: tuple = ()
     full: tuple = ()
-    checks: tuple = ()  # "no_leak", "small_output", "fake_results", "orphans"
+    checks: tuple = ()  # "no_leak", "small_output", "fake_results", "orphans", "memory"
 
     patches: tuple = ()  # ((old, new), ...) on the reference; then there is no file in hostile/
 
@@ -53,6 +55,15 @@ class Hostile:
 def before(anchor, hostile):
     """A patch that inserts `hostile` just before `anchor`, a line of the reference."""
     return (anchor, hostile + anchor)
+
+
+# Grows by 64 MB a step, every page written, until it is stopped (the memory limit, issue 14).
+RUNAWAY = ("        _hoard = []\n"
+           "        while True:  # grows without end: 64 MB a step, every page written\n"
+           "            _hoard.append(torch.ones(1 << 24))\n")
+
+# Loops forever: spliced in at the start of a function body.
+HANG = "        while True:  # never returns\n            pass\n"
 
 
 def at_end(hostile):
@@ -96,6 +107,25 @@ HOSTILE = [
             checks=("small_output",)),
     Hostile("memory_blowup.py", "tries to fill 40 GB of memory", "nothing",
             expect=r"memory|alloc"),
+    Hostile("runaway_memory_in_p_loss_and_forward.py",
+            "p_loss and forward keep appending 64 MB tensors (pages written) until stopped",
+            "partial", expect=r"ran out of memory in `(p_loss|forward)` \(limit \d+ MB",
+            zero=("p_loss", "forward"),
+            full=("Diffusion.__init__", "q_sample", "q_posterior", "p_sample", "p_sample_loop",
+                  "sample"), checks=("memory",),
+            patches=(before("        x_t = self.q_sample(x_0, t, noise)\n", RUNAWAY),
+                     before("        batch_size = x_0.shape[0]\n", RUNAWAY))),
+    Hostile("hangs_everywhere.py", "every function of the reference loops forever", "nothing",
+            expect=r"timed out earlier", checks=("hang",),
+            patches=tuple(before(anchor, HANG) for anchor in (
+                "        self.num_timesteps = int(timesteps)\n",
+                "        return (extract(self.sqrt_alphas_cumprod, t, x_0.shape) * x_0\n",
+                "        x_t = self.q_sample(x_0, t, noise)\n",
+                "        batch_size = x_0.shape[0]\n",
+                "        predicted_noise = self.model(x, t)\n",
+                "        states = [img]\n")) + (at_end(
+                "def _hang(*args, **kwargs):\n    while True:\n        pass\n\n\n"
+                "Diffusion.q_posterior = _hang\nDiffusion.sample = _hang\n"),)),
     Hostile("fake_results_json.py", "writes and prints a full-marks results.json", "nothing",
             checks=("fake_results",)),
     Hostile("read_hidden_files.py",
