@@ -92,11 +92,28 @@ def default_hide(out_dir=None, submission=None):
     return hide
 
 
-def find_submission(path, filename):
+def _name_pattern(filename):
+    """Renamed copies of `filename` such as 'diffusion (1).py' or 'diffusion-2.py'."""
+    return re.compile(rf"^{re.escape(Path(filename).stem)}[\s_\-()0-9]*\.py$", re.IGNORECASE)
+
+
+def lone_file_part(path, filenames):
+    """The submission file name a single uploaded file stands for: the one its name matches
+    (e.g. 'binary_diffusion (1).py'), else the first (a file of any other name is part 1's)."""
+    for filename in filenames:
+        if _name_pattern(filename).match(Path(path).name):
+            return filename
+    return filenames[0]
+
+
+def find_submission(path, filename, owner=None):
     """(file, note): the submitted `filename` in `path` (a file or a folder). Accepts renamed
-    copies such as 'diffusion (1).py' or 'diffusion-2.py', with a note."""
+    copies such as 'diffusion (1).py' or 'diffusion-2.py', with a note. A single file stands for
+    one part only, `owner` (default: this one)."""
     path = Path(path)
     if path.is_file():
+        if owner is not None and owner != filename:
+            return None, f"no {filename} in the submission (only {path.name}, graded as {owner})"
         note = "" if path.name == filename else f"graded {path.name} as {filename}"
         return path, note
     if not path.is_dir():
@@ -104,8 +121,7 @@ def find_submission(path, filename):
     exact = path / filename
     if exact.is_file():
         return exact, ""
-    stem = Path(filename).stem
-    pattern = re.compile(rf"^{re.escape(stem)}[\s_\-()0-9]*\.py$", re.IGNORECASE)
+    pattern = _name_pattern(filename)
     candidates = sorted(p for p in path.rglob("*.py") if pattern.match(p.name))
     if candidates:
         return candidates[0], f"no {filename} found; graded {candidates[0].name} instead"
@@ -229,9 +245,11 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
             sandbox = Sandbox(hide=default_hide(out, submission), limits=limits or Limits())
         sandbox.check()  # can we grade here at all? (GraderEnvironmentError if not)
         deadline = time.monotonic() + budget_s  # the submission's time starts now
+        owner = (lone_file_part(submission, [m.submission_file for m in modules])
+                 if Path(submission).is_file() else None)
         for module, rubric in rubrics:
             part = _grade_module(module, rubric, submission, sandbox, deadline, cuda,
-                                 notes, student_output)
+                                 notes, student_output, owner)
             parts.append(_part_total(module, part))
             tests += part
         if len(parts) > 1:  # per-part totals first in the output
@@ -285,8 +303,9 @@ def _test(rubric_test, passed, output):
             "visibility": rubric_test.get("visibility", "visible")}
 
 
-def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, student_output):
-    path, note = find_submission(submission, module.submission_file)
+def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, student_output,
+                  owner=None):
+    path, note = find_submission(submission, module.submission_file, owner)
     if note:
         notes.append(note)
     if path is None:

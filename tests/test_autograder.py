@@ -110,6 +110,18 @@ def test_a_missing_part_costs_only_that_part(tmp_path):
     assert "no diffusion.py in the submission" in results["output"]
 
 
+def test_a_lone_file_stands_for_the_part_its_name_says():
+    from autograder.grade import find_submission, lone_file_part
+
+    names = ["diffusion.py", "binary_diffusion.py"]
+    assert lone_file_part("x/binary_diffusion (2).py", names) == "binary_diffusion.py"
+    assert lone_file_part("x/diffusion-1.py", names) == "diffusion.py"
+    assert lone_file_part("x/my_solution.py", names) == "diffusion.py"  # any other name: part 1
+    this = Path(__file__)
+    assert find_submission(this, "binary_diffusion.py", owner="diffusion.py")[0] is None
+    assert find_submission(this, "diffusion.py", owner="diffusion.py")[0] == this
+
+
 def test_otter_results_merge_into_ours():
     ours = {"score": 10.0, "tests": [{"name": "q_sample: x", "score": 10.0, "max_score": 10.0}]}
     otter = {"tests": [{"name": "q1", "score": 2.0, "max_score": 3.0, "output": "",
@@ -158,6 +170,7 @@ def test_a_submission_that_hangs_everywhere_is_graded_in_bounded_time(tmp_path):
     defaults: 10 s per probe, a 30 s pool, 5 s after it, about a minute in all)."""
     from submissions.hostile_cases import HOSTILE
 
+    from autograder.config import GRADED_MODULES
     from autograder.grade import grade_submission
 
     case = next(h for h in HOSTILE if "hang" in h.checks)
@@ -166,7 +179,8 @@ def test_a_submission_that_hangs_everywhere_is_graded_in_bounded_time(tmp_path):
     (sub / "diffusion.py").write_text(case.source())
     limits = Limits(timeout_s=2.0, hang_pool_s=4.0, after_hangs_timeout_s=1.0)
     start = time.monotonic()
-    results = grade_submission(sub, tmp_path / "out", limits=limits)
+    part1 = tuple(m for m in GRADED_MODULES if m.name == "diffusion")
+    results = grade_submission(sub, tmp_path / "out", limits=limits, modules=part1)
     elapsed = time.monotonic() - start
     validate_results(results)
     assert results["score"] == 0
@@ -228,7 +242,10 @@ def test_a_python_prefix_behind_a_symbolic_link_grades(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
     # The stub: every probe ran in the worker and came back "not implemented" (not a crash).
-    assert all("not implemented" in t["output"] for t in results["tests"]), results["output"]
+    # A lone diffusion.py is part 1 only; part 2's tests say its file is missing.
+    part1 = [t for t in results["tests"] if "no binary_diffusion.py" not in t["output"]]
+    assert len(part1) == 26, results["output"]
+    assert all("not implemented" in t["output"] for t in part1), results["output"]
 
 
 def test_release_gate_rejects_stubs_that_score_0_for_another_reason_than_not_implemented(tmp_path):
