@@ -14,7 +14,7 @@ TRAIN_ARGS ?= --image_size 16 --unet_dim_mults 1 2 4 --threads 1 --train_steps 3
 # Part 2's CPU demo: train_binary.py's defaults (1500 steps of binarized 16x16 digits).
 TRAIN_BINARY_ARGS ?= --threads 1 --save_folder ../build/train_binary
 
-.PHONY: setup test grade grade-all release written train train-binary bench lint clean
+.PHONY: setup test grade grade-all need-submissions release written train train-binary bench lint clean
 
 setup: $(STAMP)
 
@@ -32,8 +32,11 @@ test: setup
 grade: setup
 	$(PY) -m autograder grade $(SUBMISSION) --out $(OUT)
 
-grade-all: setup
+grade-all: need-submissions setup
 	$(PY) -m autograder grade-all $(SUBMISSIONS) --out $(OUT) --jobs $(JOBS)
+
+need-submissions:
+	@test -n "$(SUBMISSIONS)" || { echo "make grade-all needs SUBMISSIONS=folder, the folder that holds one diffusion.py (or one folder) per student, e.g. make grade-all SUBMISSIONS=path/to/submissions OUT=build/all" >&2; exit 2; }
 
 release: setup
 	$(PY) -m release

@@ -107,7 +107,8 @@ class Diffusion(nn.Module):
         #   sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod          -- eq. (2)
         #   posterior_variance, posterior_mean_coef1 (on x_0),
         #   posterior_mean_coef2 (on x_t)                                -- eq. (3)
-        # Hints: torch.cumprod; F.pad(x, (1, 0), value=1.0) shifts a sequence right.
+        # Hints: torch.cumprod; F.pad(x[:-1], (1, 0), value=1.0) shifts a sequence
+        # right by one and puts a 1 in front, keeping its length T.
         raise NotImplementedError("Diffusion.__init__: compute the schedule buffers (eq. 2-3)")
 
     def noise_like(self, shape, device):

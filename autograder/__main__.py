@@ -41,8 +41,13 @@ def main(argv=None):
             return _grade(args, limits)
         if args.command == "check":
             return _check(limits)
+        from pathlib import Path
+
         from .gradebook import grade_all
 
+        if not Path(args.submissions).is_dir():
+            parser.error(f"grade-all: {args.submissions} is not a folder; give the folder that "
+                         "holds one diffusion.py (or one folder) per student")
         limits.memory_shares = max(1, args.jobs)
         print(grade_all(args.submissions, args.out, jobs=args.jobs, limits=limits))
         return 0

@@ -138,6 +138,7 @@ class Context:
         self.cache = {}
         self.outputs = []
         self.tests = {}
+        self.timeouts = 0  # probes stopped by their time limit or the grading budget
         self.names = {}          # test id -> rubric name ("<function>: <behaviour>")
         self.timed_out = {}      # function -> the name of the test in which it timed out
         self.hang_spent = 0.0    # seconds spent in probes that timed out
@@ -193,6 +194,8 @@ class Context:
                     self.hang_spent += result.seconds
             if result.output:
                 self.outputs.append(result.output)
+            if result.status == "timeout":
+                self.timeouts += 1
             self._probes[cache_key] = result
         result = self._probes[cache_key]
         if result.status == "timeout" and function and function not in self.timed_out:
@@ -227,8 +230,13 @@ def _np(v):
 
 def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
                      budget_s=DEFAULT_BUDGET_S, modules=GRADED_MODULES, cuda=None,
-                     otter_results=None):
-    """Grade `submission` (a file or a folder); returns the results.json dict. See module doc."""
+                     otter_results=None, details=None):
+    """Grade `submission` (a file or a folder); returns the results.json dict. See module doc.
+
+    details: an optional dict, filled with what a gradebook needs beyond results.json:
+    "flags", a list of (kind, text) with kind in renamed, missing, import_error, timeout,
+    grading_error.
+    """
     start = time.monotonic()
     rubrics = [(m, load_rubric(m)) for m in modules]
     all_rubric = [t for _, r in rubrics for t in r]
@@ -239,6 +247,7 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
             all_rubric, "Grading did not complete (the grader stopped early); score 0."))
     cuda = torch.cuda.is_available() if cuda is None else cuda
     notes, tests, student_output, parts = [], [], [], []
+    flags = []  # (kind, text) for the gradebook
     own = sandbox is None
     try:
         if own:
@@ -249,7 +258,7 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
                  if Path(submission).is_file() else None)
         for module, rubric in rubrics:
             part = _grade_module(module, rubric, submission, sandbox, deadline, cuda,
-                                 notes, student_output, owner)
+                                 notes, student_output, flags, owner)
             parts.append(_part_total(module, part))
             tests += part
         if len(parts) > 1:  # per-part totals first in the output
@@ -261,16 +270,19 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         raise
     except Exception as exc:  # a grader failure still yields a valid zero-score result
         notes.append(f"grading error: {type(exc).__name__}: {exc}")
+        flags.append(("grading_error", f"{type(exc).__name__}: {exc}"))
         done = {t["name"] for t in tests}
         tests += [_test(t, False, f"not graded: {type(exc).__name__}: {exc}")
                   for t in all_rubric if t["name"] not in done]
     finally:
         if own and sandbox is not None:
             sandbox.close()
+    parts = [(m.title, [t for t in tests if t["name"] in {r["name"] for r in rubric}])
+             for m, rubric in rubrics]
     results = {
         "score": round(sum(t["score"] for t in tests), 4),
         "execution_time": round(time.monotonic() - start, 2),
-        "output": "\n".join(notes) or "Graded.",
+        "output": report.summary_output(parts, notes),
         "output_format": "text",
         "visibility": "visible",
         "stdout_visibility": "hidden",
@@ -281,6 +293,8 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
     if otter_results is not None:
         results = report.merge_otter(results, otter_results)
     report.validate_results(results)
+    if details is not None:
+        details["flags"] = flags
     if out is not None:
         meta = {"submission": str(submission), "notes": notes, "parts": parts,
                 "student_output": "\n".join(dict.fromkeys(student_output))}
@@ -304,10 +318,11 @@ def _test(rubric_test, passed, output):
 
 
 def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, student_output,
-                  owner=None):
+                  flags, owner=None):
     path, note = find_submission(submission, module.submission_file, owner)
     if note:
         notes.append(note)
+        flags.append(("missing" if path is None else "renamed", note))
     if path is None:
         return [_test(t, False, f"not graded: {note}") for t in rubric]
     files = {module.submission_file: path}
@@ -326,6 +341,11 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
         why = ("your file could not be imported: " + imported.error
                + f"\n  run `python -c \"import {module.module}\"` in your folder to see the full "
                "error.")
+        if imported.status == "timeout":
+            flags.append(("timeout", f"importing {module.submission_file}: {imported.error}"))
+        else:
+            flags.append(("import_error", imported.error.strip().splitlines()[-1][:200]
+                          if imported.error.strip() else "does not import"))
         return [_test(t, False, why) for t in rubric]
     results = []
     for t in rubric:
@@ -334,4 +354,6 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
             verdict.message = f"{t['name'].split(':')[0]}: {verdict.message}"
         results.append(_test(t, verdict.passed, verdict.message))
     student_output += ctx.outputs
+    if ctx.timeouts:
+        flags.append(("timeout", f"{ctx.timeouts} probe(s) of {module.submission_file} timed out"))
     return results

@@ -97,13 +97,51 @@ def breakdown(tests):
     return out
 
 
+def fix_first(tests):
+    """'<test name>: <first line of its output>' for the first failing visible test (the rubric
+    follows the handout's order, so later functions build on it), or None. Hidden tests are
+    never named here."""
+    for t in tests:
+        if t["status"] != "passed" and t.get("visibility", "visible") == "visible":
+            first = next((s.strip() for s in t["output"].splitlines() if s.strip()), "")
+            return f"{t['name']}: {first}" if first else t["name"]
+    return None
+
+
+def summary_output(parts, notes=()):
+    """results.json's top-level output: the score of each part, the one thing to fix first,
+    then the grader's notes. `parts` is [(title, tests)]."""
+    lines = []
+    for title, tests in parts:
+        got = sum(t["score"] for t in tests)
+        lines.append(f"{title}: {got:g} / {sum(t['max_score'] for t in tests):g}")
+    tests = [t for _, part in parts for t in part]
+    first = fix_first(tests)
+    if first:
+        lines.append(f"Fix first: {first}")
+    elif any(t["status"] != "passed" for t in tests):
+        lines.append("Some tests that are not shown yet fail.")
+    else:
+        lines.append("All tests passed.")
+    return "\n".join(lines + [f"Note: {n}" for n in notes])
+
+
+def submission_label(submission):
+    """How reports name a submission: its file or folder name, never a local absolute path."""
+    path = Path(submission)
+    return path.name or str(submission)
+
+
 def render_report(results, meta):
     """report.md: the total, a per-function table, then every failing test in words."""
     tests = results["tests"]
     total = sum(t["max_score"] for t in tests)
-    lines = [f"# Autograder report: {meta.get('submission', '')}", "",
+    lines = [f"# Autograder report: {submission_label(meta.get('submission', ''))}", "",
              f"**Score: {results['score']:g} / {total:g}**  "
              f"(graded in {results['execution_time']:.1f} s)", ""]
+    first = fix_first(tests)
+    if first:
+        lines += [f"**Fix first:** {first}", ""]
     for note in meta.get("notes", []):
         lines.append(f"> {note}")
     if meta.get("notes"):

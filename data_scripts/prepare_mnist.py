@@ -68,19 +68,36 @@ def find_raw_folder(raw):
 
 
 def download_mnist(root):
-    """Let torchvision download MNIST into root/MNIST/raw; a clear error when offline."""
+    """Let torchvision download MNIST into root/MNIST/raw; a clear error when offline.
+
+    The download goes to a scratch folder beside it and is moved into place only when complete,
+    so a failed or interrupted download leaves nothing that the next run could take for MNIST.
+    """
     from torchvision.datasets import MNIST
 
+    root = Path(root)
+    created_root = not root.exists()
+    scratch = root / ".download"
     print(f"downloading MNIST into {root}/MNIST/raw")
     try:
-        MNIST(root=str(root), train=True, download=True)
-    except (RuntimeError, OSError) as e:
+        shutil.rmtree(scratch, ignore_errors=True)  # left by an interrupted run
+        MNIST(root=str(scratch), train=True, download=True)
+        if (root / "MNIST").exists():
+            shutil.rmtree(root / "MNIST")
+        (scratch / "MNIST").rename(root / "MNIST")
+    except BaseException as e:  # also Ctrl-C: clean up, then report or re-raise
+        shutil.rmtree(scratch, ignore_errors=True)
+        if created_root and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        if not isinstance(e, (RuntimeError, OSError)):
+            raise
         raise DataError(
             "could not download MNIST:\n  " + "\n  ".join(str(e).strip().splitlines()) + "\n"
             "If this machine has no internet access, download train-images-idx3-ubyte.gz and "
             "train-labels-idx1-ubyte.gz (e.g. from https://ossci-datasets.s3.amazonaws.com/mnist/) "
             "into one folder and run:\n"
             "  python data_scripts/prepare_mnist.py --raw that/folder") from None
+    shutil.rmtree(scratch, ignore_errors=True)
     return root / "MNIST" / "raw"
 
 

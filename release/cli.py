@@ -195,25 +195,36 @@ def release(root=REPO, out=None, check=False, skip_gates=False, log=print):
                     outcome.gates.append(future.result())
                     _print_gate(outcome.gates[-1], log)
 
-        student_side = [g for g in outcome.gates if not g.name.endswith("_grader")]
-        if skip_gates or all(g.ok for g in student_side):
-            build.write_tree(built.files, out / spec["output"], keep=spec["exclude"])
-            outcome.written.append(f"{_show(out / spec['output'], root)}/ "
-                                   f"({len(built.files)} files)")
-            zip_path = out / manifest["student_zip"]["path"]
-            zip_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(student_zip, zip_path)
-            outcome.written.append(f"{_show(zip_path, root)} ({len(student)} files, "
-                                   f"{zip_path.stat().st_size // 1024} KiB)")
-        grader_zip = out / manifest["autograder_zip"]["path"]
-        if grader_entries is not None and (skip_gates or all(g.ok for g in outcome.gates)):
-            build.write_zip(grader_zip, grader_entries)
-            outcome.written.append(f"{_show(grader_zip, root)} ({len(grader_entries)} files, "
-                                   f"{grader_zip.stat().st_size // 1024} KiB)")
-        elif grader_error:
+        if grader_error:
             outcome.gates.append(Gate("autograder_zip", "dist/autograder.zip is built",
                                       [grader_error]))
             _print_gate(outcome.gates[-1], log)
+        # Nothing is written unless every gate passed: a failed release leaves the committed
+        # assignment/ and dist/ exactly as they were.
+        if skip_gates or all(g.ok for g in outcome.gates):
+            _write_outputs(outcome, root, out, manifest, built, student_zip, len(student),
+                           grader_entries, tmp)
+    return outcome
+
+
+def _write_outputs(outcome, root, out, manifest, built, student_zip, n_student, grader_entries,
+                   tmp):
+    """Put the checked build in place: the zips are finished in the scratch folder first and
+    then moved, so no half-written zip is ever in dist/."""
+    spec = manifest["assignment"]
+    zips = [(student_zip, out / manifest["student_zip"]["path"], n_student)]
+    if grader_entries is not None:
+        staged = tmp / "autograder.zip"
+        build.write_zip(staged, grader_entries)
+        zips.append((staged, out / manifest["autograder_zip"]["path"], len(grader_entries)))
+    build.write_tree(built.files, out / spec["output"], keep=spec["exclude"])
+    outcome.written.append(f"{_show(out / spec['output'], root)}/ ({len(built.files)} files)")
+    for staged, path, count in zips:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(staged, path.with_name(path.name + ".tmp"))
+        path.with_name(path.name + ".tmp").replace(path)
+        outcome.written.append(f"{_show(path, root)} ({count} files, "
+                               f"{path.stat().st_size // 1024} KiB)")
     return outcome
 
 

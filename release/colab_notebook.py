@@ -15,22 +15,39 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "solutions" / "run_in_colab.ipynb"
 
-# The handout's Colab run (AFHQ cats at 32x32). Every flag must exist in main.py
-# (tests/test_notebook.py checks it against `python solutions/main.py --help`).
-TRAIN_FLAGS = [
+# The handout's empirical runs (AFHQ cats at 32x32), in its order. Every flag must exist in
+# main.py (tests/test_notebook.py checks it against main.py's parser).
+MODEL_FLAGS = [
     ("--dataset", "afhq"),
     ("--data_path", "../data/afhq/train"),
     ("--data_class", "cat"),
-    ("--save_folder", "{SAVE_FOLDER}"),
     ("--image_size", "32"),
-    ("--batch_size", "32"),
-    ("--train_steps", "10000"),
     ("--time_steps", "50"),
     ("--unet_dim", "16"),
     ("--unet_dim_mults", "1 2 4 8"),
+]
+# Questions 1-2: 1000 steps with samples, a checkpoint and FID every 100 steps.
+SHORT_RUN_FLAGS = MODEL_FLAGS + [
+    ("--save_folder", "{SAVE_FOLDER}"),
+    ("--batch_size", "32"),
     ("--learning_rate", "1e-3"),
+    ("--train_steps", "1000"),
+    ("--save_and_sample_every", "100"),
+    ("--fid", None),
+]
+# Question 3: the same model resumed to 10 000 steps (model flags come from the checkpoint).
+LONG_RUN_FLAGS = [
+    ("--load_path", "{SAVE_FOLDER}/model-1000.pt"),
+    ("--save_folder", "{SAVE_FOLDER}"),
+    ("--train_steps", "10000"),
     ("--save_and_sample_every", "1000"),
     ("--fid", None),
+]
+# Question 4: the processes of the final model.
+VISUALIZE_FLAGS = [
+    ("--load_path", "{SAVE_FOLDER}/model-10000.pt"),
+    ("--save_folder", "{SAVE_FOLDER}"),
+    ("--visualize", None),
 ]
 
 
@@ -43,9 +60,11 @@ CELLS = [
     ("intro", "markdown", """\
 # DDPM homework: train on AFHQ cats with a Colab GPU
 
-This notebook runs the homework's `main.py` on a GPU: it trains a denoising diffusion model on
-32x32 AFHQ cat faces for 10,000 steps, draws samples and computes FID every 1,000 steps, and
-finally shows the forward (noising) and backward (denoising) processes of the trained model.
+This notebook runs the handout's empirical questions with the homework's `main.py` on a GPU, in
+order: a denoising diffusion model on 32x32 AFHQ cat faces trained for 1000 steps with samples and
+FID every 100 steps (questions 1-2), the same model continued to 10 000 steps (question 3), and
+the forward (noising) and backward (denoising) processes of the final model (question 4). Every
+figure a question asks for is kept in `/content/results/figures`, named by question.
 
 Before you start: **Runtime > Change runtime type > GPU** (a T4 is enough). Your code should
 already pass the public tests on your own machine (`python -m pytest tests_public`): this
@@ -114,70 +133,78 @@ keeps the `cat` class, resizes every image once to 32x32 and writes PNGs to
 !python data_scripts/download_afhq.py --class cat --image_size 32"""),
 
     ("train-md", "markdown", """\
-## 4. Train
+## 4. Questions 1-2: 1000 steps, FID every 100
 
-The handout's configuration. Checkpoints (`model-<step>.pt`), sample grids
-(`sample-<step>.png`), the loss curve and the FID curve go to `SAVE_FOLDER`. `--fid` downloads
-clean-fid's Inception weights once. Each training step runs as one CUDA graph replay; a line
-`training: fast path 'graphs' failed (...)` means your code could not be captured (for example
-a `.item()` in `forward`): training goes on eagerly, several times slower.
+The handout's first run: samples, a checkpoint and FID every 100 steps, into `SAVE_FOLDER`.
+`--fid` downloads clean-fid's Inception weights once. Its `loss.png` and `fid.png` are copied to
+`FIGURES` right after, because the next run rewrites them with the whole curves. Each training
+step runs as one CUDA graph replay; a line `training: fast path 'graphs' failed (...)` means your
+code could not be captured (for example a `.item()` in `forward`): training goes on eagerly,
+several times slower.
 
-If the runtime disconnects: rerun sections 1-3, then this cell with
-`--load_path {SAVE_FOLDER}/model-<last step>.pt` added; training continues from that step. To
-keep checkpoints across sessions, mount Google Drive and point `SAVE_FOLDER` there."""),
+If the runtime disconnects: rerun sections 1-3 and the cell below that sets `SAVE_FOLDER`, then
+resume with `--load_path {SAVE_FOLDER}/model-<last step>.pt` added to the training command (the
+newest three checkpoints are kept). To keep checkpoints across sessions, mount Google Drive and
+point `SAVE_FOLDER` there."""),
 
-    ("train", "code", "SAVE_FOLDER = \"/content/results/afhq_cat\"\n"
-                      "%cd {KIT}/assignment\n!" + _command("python main.py", TRAIN_FLAGS)),
+    ("train-1000", "code", "import pathlib\n"
+                           "import shutil\n"
+                           "from IPython.display import Image, display\n\n"
+                           "SAVE_FOLDER = \"/content/results/afhq_cat\"\n"
+                           "FIGURES = pathlib.Path(\"/content/results/figures\")\n"
+                           "results = pathlib.Path(SAVE_FOLDER)\n"
+                           "%cd {KIT}/assignment\n!" + _command("python main.py", SHORT_RUN_FLAGS)),
 
-    ("results-md", "markdown", """\
-## 5. Loss curve and samples"""),
+    ("keep-1000", "code", """\
+FIGURES.mkdir(parents=True, exist_ok=True)
+# Question 1: loss.png; question 2: fid.png; question 3 compares sample-1000.png with the end.
+for name, kept in [("loss.png", "q1_loss_1000_steps.png"), ("fid.png", "q2_fid_1000_steps.png"),
+                   ("sample-1000.png", "q3_sample-1000.png")]:
+    shutil.copy(results / name, FIGURES / kept)
+    print(kept)
+    display(Image(filename=str(FIGURES / kept)))"""),
 
-    ("results", "code", """\
-import re
-from IPython.display import Image, display
+    ("train-10000-md", "markdown", """\
+## 5. Question 3: continue the same model to 10 000 steps
 
-results = pathlib.Path(SAVE_FOLDER)
+Resumes from `model-1000.pt` (the model flags come from the checkpoint); checkpoints, samples and
+FID every 1000 steps. Then `sample-1000.png` and `sample-10000.png` side by side."""),
 
+    ("train-10000", "code", "%cd {KIT}/assignment\n!" + _command("python main.py", LONG_RUN_FLAGS)),
 
-def by_step(pattern):
-    \"\"\"Files like sample-<step>.png, sorted by step.\"\"\"
-    return sorted(results.glob(pattern), key=lambda p: int(re.findall(r"\\d+", p.stem)[-1]))
-
-
-for curve in ("loss.png", "fid.png"):
-    if (results / curve).is_file():
-        display(Image(filename=str(results / curve)))
-samples = by_step("sample-*.png")
-print(f"{len(samples)} sample grids; the last one, {samples[-1].name}:")
-display(Image(filename=str(samples[-1])))"""),
+    ("keep-10000", "code", """\
+shutil.copy(results / "sample-10000.png", FIGURES / "q3_sample-10000.png")
+for kept in ("q3_sample-1000.png", "q3_sample-10000.png"):
+    print(kept)
+    display(Image(filename=str(FIGURES / kept)))
+# The whole curves, for reference (not asked for).
+for name in ("loss.png", "fid.png"):
+    shutil.copy(results / name, FIGURES / f"whole_{name}")"""),
 
     ("visualize-md", "markdown", """\
-## 6. Forward and backward processes of the final model
+## 6. Question 4: forward and backward processes of the final model
 
 `--visualize` loads the checkpoint and saves `forward_process.png` (an image being noised) and
 `backward_process.png` (noise being denoised) instead of training."""),
 
     ("visualize", "code", """\
-checkpoint = by_step("model-*.pt")[-1]
-print("visualizing", checkpoint)
-!python main.py --load_path {checkpoint} --save_folder {SAVE_FOLDER} --visualize
-display(Image(filename=str(results / "forward_process.png")))
-display(Image(filename=str(results / "backward_process.png")))"""),
+%cd {KIT}/assignment
+!""" + _command("python main.py", VISUALIZE_FLAGS) + """
+for name in ("forward_process.png", "backward_process.png"):
+    shutil.copy(results / name, FIGURES / f"q4_{name}")
+    print(f"q4_{name}")
+    display(Image(filename=str(FIGURES / f"q4_{name}")))"""),
 
     ("download-md", "markdown", """\
 ## 7. Keep your results
 
-Download the figures (and the final checkpoint) before the runtime is recycled."""),
+Downloads `FIGURES` as a zip: every figure the empirical questions ask for, named by question.
+Copy the final checkpoint (`model-10000.pt`) too if you want it."""),
 
     ("download", "code", """\
-import shutil
 from google.colab import files
 
-keep = results.parent / "afhq_cat_figures"
-keep.mkdir(exist_ok=True)
-for path in [*results.glob("*.png"), *results.glob("*.csv"), checkpoint]:
-    shutil.copy(path, keep / path.name)
-files.download(shutil.make_archive(str(keep), "zip", keep))"""),
+files.download(shutil.make_archive(str(FIGURES), "zip", FIGURES))"""),
 ]
 
 

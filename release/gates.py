@@ -296,8 +296,14 @@ def _run(cmd, cwd, timeout=900):
         return None
 
 
-def _tail(text, n=15):
-    return "\n".join("    " + s for s in text.strip().splitlines()[-n:])
+def _tail(text, head=10, tail=60):
+    """The text indented, whole unless it is long: then its first `head` and last `tail` lines
+    (the cause of a failure is usually at the end, and its last line is never cut)."""
+    lines = text.strip().splitlines()
+    if len(lines) > head + tail:
+        lines = lines[:head] + [f"... ({len(lines) - head - tail} lines left out) ..."] + \
+            lines[-tail:]
+    return "\n".join("    " + s for s in lines)
 
 
 def _junit_cases(path):
@@ -401,7 +407,7 @@ def check_reference_grader(root, scratch):
     lost = [t for t in tests if float(t.get("score", 0)) < float(t.get("max_score", 0))]
     total = sum(float(t.get("max_score", 0)) for t in tests)
     problems = [f"solutions/ loses points on {t.get('name')!r}: {t.get('score')}/"
-                f"{t.get('max_score')}: {str(t.get('output', '')).strip()[:300]}" for t in lost]
+                f"{t.get('max_score')}:\n{_tail(str(t.get('output', '')))}" for t in lost]
     if not problems and abs(float(results.get("score", total)) - total) > 1e-9:
         problems.append(f"solutions/ scores {results.get('score')} of {total}")
     return problems, f"{float(results.get('score', 0)):g}/{total:g} on {len(tests)} tests"

@@ -11,16 +11,19 @@ backward_process.png.
 """
 
 import argparse
+import difflib
 import sys
 from pathlib import Path
 
-import torch
-
-from diffusion import LOSSES, SCHEDULES, Diffusion, unnormalize
-from fast_path import FAST_MODES, resolve_mode
-from image_data import DATASETS, DatasetError, load_dataset, resolve_folder
-from trainer import Trainer, load_checkpoint
-from unet import Unet
+# torch and the homework modules are imported where they are needed, so that `--help` and a
+# mistyped flag answer at once instead of after the seconds torch takes to import.
+# The choices of --dataset, --schedule, --loss and --fast; tests/test_main_cli.py checks that
+# they are those of image_data.DATASETS, diffusion.SCHEDULES, diffusion.LOSSES and
+# fast_path.FAST_MODES.
+DATASETS = ("digits", "afhq", "mnist", "folder")
+SCHEDULES = ("cosine", "linear")
+LOSSES = ("l1", "l2")
+FAST_MODES = ("auto", "graphs", "compile", "off")
 
 # Flags that define the model (and its data); with --load_path they default to the checkpoint's.
 MODEL_DEFAULTS = {
@@ -38,12 +41,49 @@ FID_REFERENCE_MAX = 10_000  # training images used for the FID reference statist
 VISUALIZE_IMAGES = 16       # images shown in the --visualize figures
 
 
+class _Parser(argparse.ArgumentParser):
+    """Takes --batch-size for --batch_size and suggests the closest flag for a mistyped one.
+    Abbreviations are off: --train_step must not silently mean --train_steps."""
+
+    def _flags(self):
+        return sorted(s for a in self._actions for s in a.option_strings if s.startswith("--"))
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        flags = set(self._flags())
+        fixed = []
+        for arg in args:
+            name, eq, value = arg.partition("=")
+            if name.startswith("--") and name not in flags:
+                underscored = "--" + name[2:].replace("-", "_")
+                if underscored in flags:
+                    arg = underscored + eq + value
+            fixed.append(arg)
+        return super().parse_known_args(fixed, namespace)
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            hints = []
+            for arg in message.split(":", 1)[1].split():
+                if arg.startswith("-") and not arg.lstrip("-").replace(".", "").isdigit():
+                    close = difflib.get_close_matches("--" + arg.lstrip("-").replace("-", "_")
+                                                      .split("=")[0], self._flags(), n=1,
+                                                      cutoff=0.7)
+                    hints.append(f"{arg}: did you mean {close[0]}?" if close else
+                                 f"{arg}: no such flag")
+            if hints:
+                message += "\n  " + "\n  ".join(hints) + "\n  (python main.py --help lists all)"
+        super().error(message)
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="main.py",
+        allow_abbrev=False,
         description="Train a denoising diffusion model (DDPM) and sample from it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Flags marked * default to the checkpoint's values with --load_path.")
+        epilog="Flags marked * default to the checkpoint's values with --load_path. "
+               "--batch-size works as well as --batch_size.")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default=None,
                       help="* digits: scikit-learn's 8x8 digits, bundled, no download; "
@@ -65,9 +105,9 @@ def build_parser():
                        help="* width multiplier per resolution level (default: 1 2 4 8)")
     model.add_argument("--time_steps", type=int, default=None,
                        help="* number of diffusion steps T (default: 50)")
-    model.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
+    model.add_argument("--schedule", choices=SCHEDULES, default=None,
                        help="* noise schedule (default: cosine)")
-    model.add_argument("--loss", choices=sorted(LOSSES), default=None,
+    model.add_argument("--loss", choices=LOSSES, default=None,
                        help="* l1 or l2 distance between true and predicted noise (default: l1)")
 
     train = p.add_argument_group("training")
@@ -101,6 +141,9 @@ def build_parser():
                      help="where outputs go (default: ./results)")
     out.add_argument("--load_path", default=None,
                      help="checkpoint (model-<step>.pt) to resume from or to visualize")
+    out.add_argument("--keep_checkpoints", type=int, default=3,
+                     help="keep only the newest N model-<step>.pt in --save_folder (each is "
+                          "~28 MB at the default size); 0 keeps all (default: 3)")
     out.add_argument("--fid", action="store_true",
                      help="compute FID (clean-fid) of samples vs. the training images at every "
                           "save step; downloads the Inception weights once (needs internet)")
@@ -120,7 +163,11 @@ def parse_args(argv=None):
     Exits with status 2 and an argparse message on a bad flag.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help and usage errors come before importing torch
+    import torch
+
+    from trainer import load_checkpoint
+
     args.checkpoint = None
 
     if args.visualize and not args.load_path:
@@ -147,6 +194,8 @@ def parse_args(argv=None):
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.keep_checkpoints < 0:
+        parser.error(f"--keep_checkpoints must be >= 0 (0 keeps all), got {args.keep_checkpoints}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be a positive integer, got {args.threads}")
     if args.train_steps < 0:
@@ -200,6 +249,9 @@ def model_config(args, channels):
 
 
 def build_diffusion(config):
+    from diffusion import Diffusion
+    from unet import Unet
+
     model = Unet(config["unet_dim"], dim_mults=tuple(config["unet_dim_mults"]),
                  channels=config["channels"])
     return Diffusion(model, image_size=config["image_size"], channels=config["channels"],
@@ -208,7 +260,11 @@ def build_diffusion(config):
 
 
 def make_fid_evaluator(args, dataset, channels, save_folder):
+    import torch
+
+    from diffusion import unnormalize
     from fid import FIDEvaluator
+    from image_data import resolve_folder
 
     n_ref = min(len(dataset), FID_REFERENCE_MAX)
 
@@ -244,6 +300,12 @@ def make_wandb_logger(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
+
+    from fast_path import resolve_mode
+    from image_data import DatasetError, load_dataset
+    from trainer import Trainer
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -294,7 +356,8 @@ def main(argv=None):
         num_samples=args.num_samples, device=args.device, seed=args.seed,
         fid_evaluator=fid_evaluator, log_fn=make_wandb_logger(args) if args.wandb else None,
         num_workers=2 if args.dataset != "digits" and args.device.startswith("cuda") else 0,
-        fast=args.fast, mixed_precision=args.mixed_precision, channels_last=args.channels_last)
+        fast=args.fast, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
+        keep_checkpoints=args.keep_checkpoints)
     if args.load_path:
         trainer.load(args.load_path)
         print(f"resumed from {args.load_path} at step {trainer.step}")

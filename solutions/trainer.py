@@ -2,6 +2,8 @@
 
 Every `save_and_sample_every` steps (and at the end) the trainer writes to the save folder:
     model-<step>.pt     model + optimizer state, step, and the config that rebuilds the model
+                        (only the last `keep_checkpoints` are kept: each is ~28 MB at the
+                        default model size)
     sample-<step>.png   a grid of generated images
     loss.csv, loss.png  the training loss of every step, and its curve
     fid.csv, fid.png    with an FID evaluator: FID at each save step
@@ -74,7 +76,7 @@ def _plot_curve(path, rows, ylabel, title, smooth=False):
         window = max(2, len(values) // 50)
         averaged = torch.tensor(values).unfold(0, window, 1).mean(1).tolist()
         ax.plot(steps[window - 1:], averaged, color="tab:blue",
-                label=f"mean of {window} steps")
+                label=f"moving average over {window} steps")
         ax.legend()
     else:
         ax.plot(steps, values, marker="o" if len(values) < 30 else None, color="tab:blue")
@@ -113,13 +115,15 @@ class Trainer:
         log_fn: optional callable (metrics: dict, step: int, images: dict name -> path),
             e.g. for Weights & Biases.
         num_workers: DataLoader worker processes.
+        keep_checkpoints: how many of the newest model-<step>.pt to keep in save_folder
+            (older ones are deleted after each save); 0 keeps all.
     """
 
     def __init__(self, diffusion, dataset, *, save_folder, config=None, batch_size=32,
                  learning_rate=1e-3, train_steps=10000, save_and_sample_every=1000,
                  num_samples=64, device="cpu", seed=0, fid_evaluator=None, log_fn=None,
                  num_workers=0, fast="auto", mixed_precision=False, channels_last=False,
-                 compile_backend="inductor"):
+                 compile_backend="inductor", keep_checkpoints=3):
         self.device = torch.device(device)
         self.use_cuda = self.device.type == "cuda"
         self.diffusion = diffusion.to(self.device)
@@ -142,6 +146,7 @@ class Trainer:
         self.fid_evaluator = fid_evaluator
         self.log_fn = log_fn
         self.num_workers = int(num_workers)
+        self.keep_checkpoints = int(keep_checkpoints)
 
         # A CUDA graph can only capture Adam with its step counters on the GPU (capturable).
         self.optimizer = torch.optim.Adam(self.diffusion.model.parameters(), lr=learning_rate,
@@ -172,6 +177,21 @@ class Trainer:
             "config": self.config,
         }, path)
         return path
+
+    def prune_checkpoints(self):
+        """Delete all but the newest `keep_checkpoints` model-<step>.pt up to this step (checkpoints
+        of later steps, from another run, are left alone); returns the deleted paths."""
+        if self.keep_checkpoints <= 0:
+            return []
+        found = []
+        for path in self.save_folder.glob("model-*.pt"):
+            stem = path.stem.removeprefix("model-")
+            if stem.isdigit() and int(stem) <= self.step:
+                found.append((int(stem), path))
+        old = [path for _, path in sorted(found)[:-self.keep_checkpoints]]
+        for path in old:
+            path.unlink(missing_ok=True)
+        return old
 
     def load(self, path):
         """Resume from a checkpoint: model, optimizer, step, and the logs up to that step."""
@@ -283,6 +303,7 @@ class Trainer:
     def save_and_sample(self):
         """Checkpoint, sample grid, loss log/curve and (with an evaluator) FID at self.step."""
         ckpt = self.save()
+        self.prune_checkpoints()
         sample_path = self.save_folder / f"sample-{self.step}.png"
         save_image(self.sample(self.num_samples), sample_path,
                    nrow=max(1, int(math.sqrt(self.num_samples))))

@@ -1,8 +1,10 @@
 """Figures of the forward (noising) and backward (sampling) processes of a trained model.
 
-Columns sit at fractions 0, 25, 50, 75, 99 % of the chain x_0 ... x_T. Fraction f is paper step
-s = floor(f * T + 1/2) (round half up), shown as x_s: s = 0 is the clean batch, s >= 1 is
-q_sample at code index i = s - 1. With the default T = 50 the steps are 0, 13, 25, 38, 50.
+Columns sit at the paper steps nearest to 0, 1/4, 1/2, 3/4 and all of the chain x_0 ... x_T:
+fraction f is step s = floor(f * T + 1/2) (round half up), shown as x_s: s = 0 is the clean batch,
+s >= 1 is q_sample at code index i = s - 1. Each column is labelled with its step and that step's
+own fraction of T: with the default T = 50, x_0 (0%), x_13 (26%), x_25 (50%), x_38 (76%) and
+x_50 (100%).
 """
 
 import math
@@ -17,12 +19,17 @@ from torchvision.utils import make_grid  # noqa: E402
 
 from diffusion import unnormalize  # noqa: E402
 
-FRACTIONS = (0.0, 0.25, 0.50, 0.75, 0.99)
+FRACTIONS = (0.0, 0.25, 0.50, 0.75, 1.0)
 
 
 def paper_steps(num_timesteps, fractions=FRACTIONS):
     """Paper steps s in 0..T for the given fractions of T (round half up)."""
     return [min(num_timesteps, math.floor(f * num_timesteps + 0.5)) for f in fractions]
+
+
+def step_label(step, num_timesteps):
+    """'x_13 (26% of T)': the step shown and its true fraction of T."""
+    return f"x_{step} ({100 * step / num_timesteps:.0f}% of T)"
 
 
 @torch.no_grad()
@@ -93,7 +100,7 @@ def visualize(diffusion, x_0, save_folder, fractions=FRACTIONS):
     save_folder.mkdir(parents=True, exist_ok=True)
     T = diffusion.num_timesteps
     steps = paper_steps(T, fractions)
-    labels = [f"x_{s} ({100 * f:.0f}% of T)" for s, f in zip(steps, fractions, strict=True)]
+    labels = [step_label(s, T) for s in steps]
 
     forward_states = forward_process(diffusion, x_0, steps)
     forward_path = save_folder / "forward_process.png"

@@ -76,10 +76,74 @@ def test_report_breaks_the_score_down_per_function_and_explains_failures(graded)
 @pytest.mark.slow
 def test_grade_all_writes_a_gradebook_and_a_summary(graded):
     out, summary = graded
-    rows = list(csv.DictReader(open(out / "gradebook.csv")))
-    assert {r["submission"]: float(r["score"]) for r in rows} == {"reference": 200.0, "stub": 0.0}
+    rows = {r["submission"]: r for r in csv.DictReader(open(out / "gradebook.csv"))}
+    assert {name: float(r["score"]) for name, r in rows.items()} == {"reference": 200.0, "stub": 0.0}
+    assert float(rows["reference"]["grading_time_s"]) > 0 and rows["reference"]["notes"] == ""
+    assert "renamed: no diffusion.py found; graded diffusion (1).py instead" in rows["stub"]["notes"]
     assert "Score histogram" in summary and "Most-failed tests" in summary
+    needs = summary.split("## Needs attention (1)")[1].split("##")[0]
+    assert "- stub: score 0; renamed file" in needs and "untouched" in needs
+    assert "reference" not in needs
+    # The untouched stub's 26 "not implemented" failures say nothing about hard tests.
+    assert summary.split("## Most-failed tests")[1].strip().endswith("(none)")
     assert (out / "summary.md").read_text() == summary
+
+
+@pytest.mark.slow
+def test_results_and_report_name_the_submission_and_what_to_fix_first(graded):
+    results = load(graded[0], "stub")
+    assert results["output"].splitlines()[:2] == [
+        "Part 1: Gaussian DDPM (diffusion.py): 0 / 100",
+        "Fix first: Diffusion.__init__: cosine-schedule buffers match eq. (1)-(3) for T = 1, 2, "
+        "50, 1000: " + results["tests"][0]["output"].splitlines()[0]]
+    assert load(graded[0], "reference")["output"].splitlines()[:2] == [
+        "Part 1: Gaussian DDPM (diffusion.py): 100 / 100", "All tests passed."]
+    report_md = (graded[0] / "stub" / "report.md").read_text()
+    assert report_md.startswith("# Autograder report: stub\n")
+    assert str(graded[0]) not in report_md and "**Fix first:** Diffusion.__init__" in report_md
+
+
+def test_fix_first_names_the_first_failing_visible_test_only():
+    from autograder.report import summary_output
+
+    tests = [{"name": "a: x", "score": 0.0, "max_score": 2.0, "status": "failed",
+              "output": "secret", "visibility": "hidden"},
+             {"name": "b: y", "score": 0.0, "max_score": 3.0, "status": "failed",
+              "output": "\nb is wrong\nmore", "visibility": "visible"}]
+    text = summary_output([("Part 1", tests)], ["a note"])
+    assert text == "Part 1: 0 / 5\nFix first: b: y: b is wrong\nNote: a note"
+    tests[1]["visibility"] = "after_due_date"
+    assert "secret" not in summary_output([("Part 1", tests)])
+
+
+@pytest.mark.slow
+def test_grade_all_shows_progress_and_flags_timeouts_and_broken_files(tmp_path):
+    """A submission that hangs and one that does not import: both are named while they are
+    graded and listed under "needs attention" with why."""
+    import io
+
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    (subs / "hangs.py").write_text("while True:\n    pass\n")
+    (subs / "broken.py").write_text("def q_sample(:\n")
+    out, stream = tmp_path / "out", io.StringIO()
+    summary = grade_all(subs, out, jobs=1, limits=Limits(timeout_s=2), progress_stream=stream)
+    progress = stream.getvalue().splitlines()
+    assert progress[0].startswith("[1/2] broken.py: 0 / 100 in "), progress
+    assert progress[-1].startswith("[2/2] hangs.py: 0 / 100 in "), progress
+    rows = {r["submission"]: r for r in csv.DictReader(open(out / "gradebook.csv"))}
+    assert "timeout: importing diffusion.py: did not finish within 2 s" in rows["hangs.py"]["notes"]
+    assert "import error: SyntaxError" in rows["broken.py"]["notes"]
+    needs = summary.split("## Needs attention (2)")[1].split("##")[0]
+    assert "- broken.py: score 0; renamed file: graded broken.py as diffusion.py; does not import: SyntaxError" in needs
+    assert "- hangs.py: score 0; renamed file: graded hangs.py as diffusion.py; timeout: importing" in needs
+
+
+def test_make_grade_all_without_submissions_says_to_set_it():
+    proc = subprocess.run(["make", "-s", "grade-all", "SUBMISSIONS="], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "make grade-all needs SUBMISSIONS=folder" in proc.stderr
 
 
 def test_rubric_gives_every_test_points_visibility_and_a_function_prefix():

@@ -167,6 +167,56 @@ def test_mnist_too_few_examples_is_a_clear_error(tmp_path):
     assert_clean_failure(result, "only 1 images of digit 0")
 
 
+def test_mnist_download_is_moved_into_place_only_when_complete(tmp_path, monkeypatch, capsys):
+    """The real download code against a local server: a failed download leaves nothing behind
+    (an empty or partial data/mnist_raw would be taken for MNIST by the next run)."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from torchvision.datasets import MNIST
+
+    served = tmp_path / "server"
+    served.mkdir()
+    labels = np.repeat(np.arange(10), 3)
+    write_idx_gz(served / "train-images-idx3-ubyte.gz", np.zeros((len(labels), 28, 28)))
+    write_idx_gz(served / "train-labels-idx1-ubyte.gz", labels)
+    write_idx_gz(served / "t10k-images-idx3-ubyte.gz", np.zeros((2, 28, 28)))
+    write_idx_gz(served / "t10k-labels-idx1-ubyte.gz", np.arange(2))
+    resources = [(p.name, hashlib.md5(p.read_bytes()).hexdigest())
+                 for p in sorted(served.iterdir())]
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
+    monkeypatch.setattr(MNIST, "resources", resources)
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import prepare_mnist
+
+    raw, out = tmp_path / "data" / "mnist_raw", tmp_path / "data" / "mnist"
+    args = ["--raw", str(raw), "--out", str(out), "--per_class", "2"]
+    try:
+        labels_file = served / "train-labels-idx1-ubyte.gz"
+        labels_file.rename(served / "away.gz")  # the second file fails after the first arrived
+        assert prepare_mnist.main(args) == 1
+        assert "could not download MNIST" in capsys.readouterr().err
+        assert not raw.exists(), sorted(p.as_posix() for p in raw.rglob("*"))
+
+        (served / "away.gz").rename(labels_file)
+        assert prepare_mnist.main(args) == 0, capsys.readouterr().err
+        assert (raw / "MNIST" / "raw" / "train-labels-idx1-ubyte").is_file()
+        assert sorted(p.name for p in raw.iterdir()) == ["MNIST"]  # no scratch folder left
+        assert len(list((out / "train").rglob("*.png"))) == 20
+    finally:
+        server.shutdown()
+
+
 @pytest.mark.slow  # about 4 s: imports torch and scikit-learn in a subprocess
 def test_embedded_digits_export_matches_the_in_memory_dataset(tmp_path):
     from image_data import load_digits_dataset  # solutions/, on sys.path via conftest

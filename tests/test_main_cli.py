@@ -33,6 +33,53 @@ def test_help_lists_every_flag():
     assert not missing, f"--help does not mention {missing}"
 
 
+def test_help_does_not_import_torch():
+    # --help and usage errors answer at once: torch (seconds to import) is loaded after parsing.
+    code = ("import sys, main\n"
+            "try:\n    main.parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'diffusion', 'trainer', 'unet', 'fast_path') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=SOLUTIONS, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout[-500:]
+
+
+def test_the_flag_choices_are_those_of_the_homework_modules():
+    import diffusion
+    import fast_path
+    import image_data
+
+    assert main.FAST_MODES == tuple(fast_path.FAST_MODES)
+    assert main.DATASETS == tuple(image_data.DATASETS)
+    assert sorted(main.SCHEDULES) == sorted(diffusion.SCHEDULES)
+    assert sorted(main.LOSSES) == sorted(diffusion.LOSSES)
+
+
+def test_an_abbreviated_flag_is_an_error_that_names_the_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_args(["--train_step", "10"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --train_step 10" in err
+    assert "--train_step: did you mean --train_steps?" in err
+
+
+def test_dashes_work_like_underscores():
+    args = main.parse_args(["--batch-size", "8", "--save-and-sample-every=5", "--unet-dim-mults",
+                            "1", "2"])
+    assert (args.batch_size, args.save_and_sample_every, args.unet_dim_mults) == (8, 5, [1, 2])
+
+
+def test_a_misspelled_flag_gets_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_args(["--bach_size", "8", "--frobnicate"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--bach_size: did you mean --batch_size?" in err
+    assert "--frobnicate: no such flag" in err
+
+
 def test_a_bad_flag_exits_with_status_2_and_a_usage_message():
     result = run_main("--image_size", "30")
     assert result.returncode == 2

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "solutions" / "run_in_colab.ipynb"
@@ -97,33 +96,55 @@ def test_notebook_runs_the_data_script_with_flags_it_accepts():
     assert {a for a in args if a.startswith("--")} <= accepted
 
 
-@pytest.mark.skipif(not MAIN.is_file(), reason="solutions/main.py is not written yet")
+def parse_run(args):
+    from main import build_parser  # solutions/, on sys.path via conftest
+
+    # {SAVE_FOLDER} is filled in by IPython; any path will do for parsing.
+    return build_parser().parse_args([a.replace("{SAVE_FOLDER}", "results") for a in args])
+
+
 def test_notebook_main_py_commands_use_only_flags_main_accepts():
     from main import build_parser  # solutions/, on sys.path via conftest
 
     # The text `python main.py --help` prints, without paying for another torch import.
     accepted = flags_in(build_parser().format_help())
     runs = commands_of("main.py")
-    assert len(runs) == 2  # train, then --visualize from the final checkpoint
+    assert len(runs) == 3  # the handout's three runs: 1000 steps, resume to 10 000, visualize
     for args in runs:
         unknown = {a for a in args if a.startswith("--")} - accepted
         assert not unknown, f"main.py has no flags {sorted(unknown)}"
 
 
-@pytest.mark.skipif(not MAIN.is_file(), reason="solutions/main.py is not written yet")
-def test_notebook_trains_with_the_handout_colab_configuration():
-    from main import build_parser  # solutions/, on sys.path via conftest
-
-    (train,) = [args for args in commands_of("main.py") if "--visualize" not in args]
-    # {SAVE_FOLDER} is filled in by IPython; any path will do for parsing.
-    args = build_parser().parse_args([a.replace("{SAVE_FOLDER}", "results") for a in train])
-    assert (args.dataset, args.data_class, args.image_size, args.batch_size) == ("afhq", "cat", 32, 32)
-    assert (args.train_steps, args.time_steps, args.unet_dim) == (10000, 50, 16)
-    assert list(args.unet_dim_mults) == [1, 2, 4, 8]
-    assert (args.learning_rate, args.save_and_sample_every, args.fid) == (1e-3, 1000, True)
+def test_notebook_runs_the_handout_questions_in_order():
+    short, long, visualize = (parse_run(args) for args in commands_of("main.py"))
+    # Questions 1-2: the handout's model, 1000 steps with samples, checkpoints and FID every 100.
+    assert (short.dataset, short.data_class, short.image_size, short.batch_size) == (
+        "afhq", "cat", 32, 32)
+    assert (short.time_steps, short.unet_dim, list(short.unet_dim_mults)) == (50, 16, [1, 2, 4, 8])
+    assert (short.learning_rate, short.train_steps, short.save_and_sample_every, short.fid) == (
+        1e-3, 1000, 100, True)
+    # Question 3: that model resumed to 10 000 steps, FID every 1000.
+    assert long.load_path == "results/model-1000.pt" and long.save_folder == "results"
+    assert (long.train_steps, long.save_and_sample_every, long.fid) == (10000, 1000, True)
+    assert not long.visualize
+    # Question 4: the final model's processes.
+    assert visualize.visualize and visualize.load_path == "results/model-10000.pt"
     # Where the notebook's data command writes (kit root) is where training reads (assignment/).
     (data_args,) = commands_of("data_scripts/download_afhq.py")
     data = load_script(ROOT / "data_scripts" / "download_afhq.py").parse_args(data_args)
     written = data.out.resolve() / "train" / data.data_class
-    read = (ROOT / "assignment" / args.data_path / args.data_class).resolve()
+    read = (ROOT / "assignment" / short.data_path / short.data_class).resolve()
     assert read == written
+
+
+def test_notebook_keeps_each_figure_before_a_later_run_rewrites_it():
+    sources = [source for _, kind, source in colab_notebook.CELLS if kind == "code"]
+    runs = [k for k, s in enumerate(sources) if "python main.py" in s]
+    assert len(runs) == 3
+    between = "\n".join(sources[runs[0] + 1:runs[1]])
+    for figure in ('"loss.png"', '"fid.png"', '"sample-1000.png"'):
+        assert figure in between, f"{figure} of the 1000-step run is not kept before the resume"
+    after = "\n".join(sources[runs[1]:])
+    for figure in ('"sample-10000.png"', '"forward_process.png"', '"backward_process.png"'):
+        assert figure in after
+    assert "make_archive(str(FIGURES)" in sources[-1]  # the last cell downloads them all

@@ -81,12 +81,28 @@ def test_public_binary_tests_pass_on_correct_alternates(tmp_path, alternate):
     assert code == 0 and len(cases) >= 15, output[-3000:]
 
 
+def test_public_tests_accept_noise_drawn_with_torch_normal_and_normal_(tmp_path):
+    # The grader answers every torch normal draw with known noise; the public tests must too.
+    text = (ROOT / "solutions" / "diffusion.py").read_text()
+    for old, new in [
+        ("return mean + torch.sqrt(variance) * self.noise_like(x.shape, x.device)",
+         "return mean + torch.sqrt(variance) * torch.empty_like(x).normal_()"),
+        ("return self.p_sample_loop(self.noise_like(shape, device))",
+         "return self.p_sample_loop(torch.normal(0.0, 1.0, size=shape, device=device))"),
+    ]:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    code, output, _ = run_public(stage(tmp_path, text), tmp_path, "-k", "p_sample or sample")
+    assert code == 0, output[-3000:]
+
+
 def test_public_tests_fail_on_the_stub_saying_not_implemented(tmp_path):
     code, output, cases = run_public(stubs(tmp_path), tmp_path)
     assert code == 1, f"expected test failures (exit 1), got exit {code}:\n{output[-3000:]}"
     assert cases, output[-3000:]
     silent = [name for name, msg in cases.items() if msg is None or "not implemented" not in msg]
     assert not silent, f"tests that pass or fail without 'not implemented' on the stub: {silent}"
+    assert all(len(msg.strip().splitlines()) == 1 for msg in cases.values()), output[-3000:]
     assert "error" not in output.splitlines()[-1], "collection or setup errors on the stub"
 
 
@@ -96,6 +112,8 @@ def test_public_tests_report_a_broken_import_as_a_failure_of_every_test(tmp_path
     part1 = {name: msg for name, msg in cases.items() if not is_binary(name)}
     assert part1 and all(msg and "your diffusion.py does not import" in msg and "SyntaxError" in msg
                          for msg in part1.values()), output[-3000:]
+    # In full (with the line) once; the other tests say so in one line.
+    assert sum("def q_sample(:" in msg for msg in part1.values()) == 1, output[-3000:]
     # part 2's tests fail on their own account: its file is missing
     part2 = {name: msg for name, msg in cases.items() if is_binary(name)}
     assert part2 and all(msg and "no binary_diffusion.py" in msg for msg in part2.values())
@@ -108,6 +126,40 @@ def test_public_tests_of_one_part_do_not_depend_on_the_other_file(tmp_path):
     code, output, cases = run_public(tmp_path / "submission" / "binary_diffusion.py", tmp_path,
                                      "-k", "binary")
     assert code == 0 and cases, output[-3000:]
+
+
+def test_public_tests_report_a_broken_init_once_and_in_one_line_elsewhere(tmp_path):
+    # The natural mistake from the hint "F.pad shifts a sequence right": padding all T entries.
+    reference = (ROOT / "solutions" / "diffusion.py").read_text()
+    old = "F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)"
+    assert reference.count(old) == 1
+    code, output, cases = run_public(
+        stage(tmp_path, reference.replace(old, "F.pad(alphas_cumprod, (1, 0), value=1.0)")),
+        tmp_path, "-k", "not binary")
+    assert code == 1 and cases and all(cases.values()), output[-3000:]
+    full = [m for m in cases.values() if "shown in full" not in m]
+    assert len(full) == 1, f"{len(full)} tests show the __init__ error in full:\n{output[-3000:]}"
+    assert "Diffusion.__init__ raised RuntimeError: The size of tensor a (11) must match" in full[0]
+    assert "diffusion.py:" in full[0] and "alphas_cumprod_prev" in full[0], full[0]
+    first = output.index("Diffusion.__init__ raised RuntimeError: The size")
+    assert first < output.index("shown in full"), "the full report must come first"
+    assert all(len(m.strip().splitlines()) == 1 for m in cases.values() if m not in full)
+    assert "Traceback" not in output and "During handling" not in output, output[-3000:]
+    assert len(output.splitlines()) < 4 * len(cases) + 20, f"{len(output.splitlines())} lines"
+
+
+def test_public_tests_show_the_students_line_for_an_error_in_a_function(tmp_path):
+    reference = (ROOT / "solutions" / "diffusion.py").read_text()
+    old = "predicted_noise = self.model(x_t, t)"
+    assert reference.count(old) == 1
+    code, output, cases = run_public(
+        stage(tmp_path, reference.replace(old, "predicted_noise = self.model(x_t, t.float())")),
+        tmp_path, "-k", "p_loss")
+    assert code == 1, output[-3000:]
+    message = next(m for name, m in cases.items() if name.endswith("p_loss_matches_reference[l1]"))
+    assert "p_loss raised TypeError: the model must be called as model(x, t)" in message
+    assert "at diffusion.py:" in message and "self.model(x_t, t.float())" in message, message
+    assert "Traceback" not in output, output[-3000:]
 
 
 def test_public_tests_stop_with_a_usage_error_without_a_submission(tmp_path):

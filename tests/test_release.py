@@ -267,3 +267,35 @@ def test_handout_commands_use_flags_the_scripts_accept():
         except SystemExit as exit_:
             pytest.fail(f"the handout's `python {script} {' '.join(argv)}` is rejected "
                         f"(exit {exit_.code})")
+
+
+def test_a_failing_gate_writes_nothing_and_shows_its_whole_cause(tree, tmp_path, monkeypatch):
+    # The slow gates are replaced here (pytest and the grader take minutes): the public ones pass,
+    # the grader's fails with a long traceback from the sandbox, as a real failure would.
+    cause = "\n".join(["Traceback (most recent call last):"]
+                      + [f'  File "worker.py", line {n}, in probe' for n in range(40)]
+                      + ["RuntimeError: the last line, which names the cause"])
+
+    def grader_fails(root, scratch):
+        return [f"solutions/ loses points on 'p_sample: x': 0/4:\n{gates._tail(cause)}"]
+
+    monkeypatch.setattr(gates, "check_reference_public", lambda root, scratch: [])
+    monkeypatch.setattr(gates, "check_stubs_public", lambda kit, scratch: [])
+    monkeypatch.setattr(gates, "check_reference_grader", grader_fails)
+    monkeypatch.setattr(gates, "check_stubs_grader", lambda root, assignment, scratch: [])
+    out = tmp_path / "out"
+    lines = []
+    outcome = release(tree, out=out, log=lines.append)
+    assert not outcome.ok and outcome.written == []
+    assert not out.exists(), sorted(p.as_posix() for p in out.rglob("*"))
+    log = "\n".join(lines)
+    assert "RuntimeError: the last line, which names the cause" in log
+    assert 'line 39, in probe' in log and 'line 0, in probe' in log
+
+    # The same release with every gate passing writes everything.
+    monkeypatch.setattr(gates, "check_reference_grader", lambda root, scratch: [])
+    outcome = release(tree, out=out, log=quiet)
+    assert outcome.ok, outcome.gates
+    assert (out / "dist" / "student.zip").is_file() and (out / "assignment" / "diffusion.py").is_file()
+    assert (out / "dist" / "autograder.zip").is_file()
+    assert not list(out.rglob("*.tmp"))

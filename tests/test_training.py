@@ -13,7 +13,7 @@ from PIL import Image
 import main
 from image_data import load_dataset
 from trainer import Trainer, load_checkpoint
-from visualize import backward_process, forward_process, paper_steps
+from visualize import backward_process, forward_process, paper_steps, step_label
 
 TINY = dict(image_size=8, unet_dim=8, unet_dim_mults=[1, 2], time_steps=10,
             schedule="cosine", loss="l1")
@@ -95,6 +95,20 @@ def test_sampling_for_the_grid_does_not_change_the_training_randomness(tmp_path)
     assert saving == quiet
 
 
+def test_only_the_newest_checkpoints_are_kept_unless_asked(tmp_path):
+    (tmp_path / "model-900.pt").write_bytes(b"")  # a later step, from another run: left alone
+    trainer = make_trainer(tmp_path, train_steps=5, save_every=1)
+    trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("model-*.pt")) == [
+        "model-3.pt", "model-4.pt", "model-5.pt", "model-900.pt"]
+    assert len(list(tmp_path.glob("sample-*.png"))) == 5  # samples are all kept
+
+    keep_all = make_trainer(tmp_path / "all", train_steps=4, save_every=1)
+    keep_all.keep_checkpoints = 0
+    keep_all.train()
+    assert len(list((tmp_path / "all").glob("model-*.pt"))) == 4
+
+
 def test_visualize_writes_both_figures_from_a_checkpoint(tmp_path):
     make_trainer(tmp_path, train_steps=1, save_every=1).train()
     main.main(["--load_path", str(tmp_path / "model-1.pt"), "--visualize",
@@ -109,7 +123,12 @@ def test_process_figures_show_the_right_states():
     diffusion = trainer.diffusion.eval()
     T = diffusion.num_timesteps
     steps = paper_steps(T)
-    assert steps == [0, 3, 5, 8, 10]  # round half up of (0, .25, .5, .75, .99) * 10
+    assert steps == [0, 3, 5, 8, 10]  # round half up of (0, .25, .5, .75, 1) * 10
+    assert paper_steps(50) == [0, 13, 25, 38, 50]
+    # Each label names the step shown and its own fraction of T (not the nominal quarter).
+    assert [step_label(s, 50) for s in paper_steps(50)] == [
+        "x_0 (0% of T)", "x_13 (26% of T)", "x_25 (50% of T)", "x_38 (76% of T)",
+        "x_50 (100% of T)"]
 
     x_0 = torch.rand(2, 1, 8, 8) * 2 - 1
     forward = forward_process(diffusion, x_0, steps)

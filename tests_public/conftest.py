@@ -23,6 +23,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # public_helpers
 
+import public_helpers  # noqa: E402
 from public_helpers import FIXTURES  # noqa: E402
 
 DEFAULT_SUBMISSION = HERE.parent / "assignment"
@@ -85,13 +86,18 @@ def _load(name, file):
 def pytest_configure(config):
     files, folder = _submission_files(config)
     config._ddpm_files, config._ddpm_folder = files, folder
+    config._ddpm_submission = files["diffusion"] or files["binary_diffusion"]
+    public_helpers.SUBMISSION = config._ddpm_submission
+    # Failures are short messages (pytest.fail(..., pytrace=False)); anything unexpected gets a
+    # short traceback rather than pages of source and values.
+    if getattr(config.option, "tbstyle", "auto") == "auto":
+        config.option.tbstyle = "short"
     # Load them under their plain names, as the homework's own modules do (`from diffusion import`).
     sys.path.insert(0, str(folder))
     config._ddpm_modules, config._ddpm_errors = {}, {}
     for name, file in files.items():
         config._ddpm_modules[name], config._ddpm_errors[name] = _load(name, file)
     config._ddpm_module = config._ddpm_modules["diffusion"]
-    config._ddpm_submission = files["diffusion"] or files["binary_diffusion"]
 
 
 def pytest_report_header(config):
@@ -103,8 +109,21 @@ def _part_of(item):
     return "binary_diffusion" if module.startswith(BINARY_TESTS) else "diffusion"
 
 
+# The handout's order: each file's functions build on the previous file's, so the first failure
+# shown is the one to fix first.
+FILE_ORDER = ["test_public_schedule.py", "test_public_training.py", "test_public_sampling.py"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return FILE_ORDER.index(name) if name in FILE_ORDER else len(FILE_ORDER)
+    items.sort(key=rank)  # stable: the order within a file is kept
+
+
 def pytest_pyfunc_call(pyfuncitem):
-    """When a part's file is missing or does not import, each of its tests fails with that reason."""
+    """When a part's file is missing or does not import, each of its tests fails with that reason
+    (an import error in full in the part's first test, in one line in the others)."""
     config = pyfuncitem.config
     name = _part_of(pyfuncitem)
     error = config._ddpm_errors[name]
@@ -112,8 +131,11 @@ def pytest_pyfunc_call(pyfuncitem):
         pytest.fail(f"no {name}.py in {config._ddpm_folder} ({PARTS[name][1]}; the other part's "
                     f"tests do not need it)", pytrace=False)
     if error is not None:
-        pytest.fail(f"your {name}.py does not import: {error}\n"
-                    f"  ({config._ddpm_files[name]})", pytrace=False)
+        kind = error.splitlines()[-1].split(":")[0] if error else "error"
+        pytest.fail(public_helpers.shown_once(
+            f"import {name}", f"your {name}.py does not import: {error}\n"
+                              f"  ({config._ddpm_files[name]})",
+            f"your {name}.py does not import ({kind})"), pytrace=False)
 
 
 @pytest.fixture(scope="session")

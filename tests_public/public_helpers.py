@@ -5,6 +5,8 @@ fixtures/generate.py writes by running the staff reference under fixed seeds.
 """
 
 import contextlib
+import os
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -51,26 +53,75 @@ def t_tensor(values):
     return torch.as_tensor(np.asarray(values), dtype=torch.int64)
 
 
+SUBMISSION = None  # the submission's diffusion.py (a Path), set by conftest.py
+_shown = {}  # an error already shown in full -> the test that showed it
+
+
+def current_test():
+    """The running test's name, e.g. test_q_sample_matches_reference."""
+    return os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0].split("::")[-1]
+
+
+def shown_once(key, full, short):
+    """`full` in the first test that meets `key`; in later tests, the one-line `short` naming it."""
+    first = _shown.setdefault(key, current_test())
+    return full if first == current_test() else f"{short} (shown in full in {first})"
+
+
+def submission_frames(err, limit=2):
+    """'diffusion.py:120, in __init__: <code>' for the innermost frames in the submission's file."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__)
+              if SUBMISSION is not None and Path(f.filename).resolve() == SUBMISSION]
+    return [f"{Path(f.filename).name}:{f.lineno}, in {f.name}: {(f.line or '').strip()}"
+            for f in frames[-limit:]]
+
+
+def check(condition, message):
+    """Fail with just `message` (no traceback) unless `condition` holds."""
+    if not condition:
+        pytest.fail(message, pytrace=False)
+
+
+def _error_message(what, err):
+    if isinstance(err, NotImplementedError):
+        called = str(err).split(":")[0]
+        return f"not implemented: {err}" + ("" if called == what else f" (needed by {what})")
+    text = str(err).strip() or "(no message)"
+    if len(text) > 400:
+        text = text[:400] + " ..."
+    where = submission_frames(err)
+    full = [f"{what} raised {type(err).__name__}: {text}"]
+    full += [f"  at {w}" for w in where]  # outermost first; the last line raised it
+    if what == "Diffusion.__init__" and "must match the size" in text:
+        full.append("  every buffer has shape (T,): check the lengths of the tensors combined "
+                    "on that line")
+    spot = where[-1].split(": ")[0] if where else "outside your file"
+    # The same error type from the same line is the same bug, whatever the sizes in its message.
+    return shown_once((what, type(err).__name__, tuple(where) or text), "\n".join(full),
+                      f"{what} raised {type(err).__name__} at {spot}")
+
+
 @contextlib.contextmanager
 def student_code(what):
-    """Turn NotImplementedError raised by the submission into a short test failure."""
-    message = None
+    """Turn an exception raised by the submission into one short failure: `what` (the function
+    under test), the error, and the line of the submission that raised it. An error already shown
+    in full by an earlier test (e.g. a broken __init__, which every test needs) takes one line."""
     try:
         yield
-    except NotImplementedError as err:
-        message = f"not implemented: {err}"
-        if not str(err).startswith(what):
-            message += f" (called while testing {what})"
-    if message:
-        raise pytest.fail.Exception(message, pytrace=False) from None  # no chained traceback
+    except Exception as err:  # noqa: BLE001 - whatever the student's code raises
+        message = _error_message(what, err)
+    else:
+        return
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 class FixedNoise:
     """Replace every way of drawing standard normal noise by a queue of known tensors.
 
-    Patches Diffusion.noise_like, torch.randn and torch.randn_like (in torch and in the
-    submission's module, for `from torch import randn`), so any of these ways of drawing z gets
-    the same z. Each draw must have the shape of the next queued tensor.
+    Patches Diffusion.noise_like, torch.randn, torch.randn_like, torch.normal (in torch and in the
+    submission's module, for `from torch import randn`) and Tensor.normal_, so any of these ways
+    of drawing z gets the same z, as in the grader. Each draw must have the shape of the next
+    queued tensor.
     """
 
     def __init__(self, monkeypatch, module, queue):
@@ -84,9 +135,16 @@ class FixedNoise:
 
         monkeypatch.setattr(module.Diffusion, "noise_like", noise_like)
         for target in (torch, module):
-            for name, fake in (("randn", fake_randn), ("randn_like", fake_randn_like)):
+            for name, fake in (("randn", fake_randn), ("randn_like", fake_randn_like),
+                               ("normal", self._normal)):
                 if target is torch or hasattr(target, name):
                     monkeypatch.setattr(target, name, fake)
+        fixed = self
+
+        def normal_(tensor, mean=0.0, std=1.0, *, generator=None):  # a method: gets the tensor
+            return fixed._normal_(tensor, mean, std)
+
+        monkeypatch.setattr(torch.Tensor, "normal_", normal_)
 
     def _next(self, shape, device, how):
         shape = tuple(int(s) for s in shape)
@@ -105,6 +163,23 @@ class FixedNoise:
             size = size[0]
         z = self._next(size, device, "torch.randn")
         return z if dtype is None else z.to(dtype)
+
+    def _normal(self, mean=0.0, std=1.0, size=None, *, generator=None, dtype=None, device=None,
+                **kwargs):
+        if isinstance(mean, torch.Tensor) or isinstance(std, torch.Tensor):
+            like = mean if isinstance(mean, torch.Tensor) else std
+            shape = torch.broadcast_shapes(getattr(mean, "shape", ()), getattr(std, "shape", ()))
+            z = self._next(shape, like.device, "torch.normal").to(like.dtype)
+        else:
+            z = self._next(size, device, "torch.normal")
+            z = z if dtype is None else z.to(dtype)
+        return z * std + mean
+
+    def _normal_(self, tensor, mean=0.0, std=1.0):
+        z = self._next(tensor.shape, tensor.device, "Tensor.normal_")
+        with torch.no_grad():
+            tensor.copy_(z * std + mean)
+        return tensor
 
     def _randn_like(self, input, *, dtype=None, device=None, **kwargs):
         z = self._next(input.shape, device if device is not None else input.device,

@@ -11,7 +11,9 @@ from public_helpers import (
     OUT_RTOL,
     FixedNoise,
     assert_matches,
+    check,
     student_code,
+    submission_frames,
     tiny_model,
 )
 
@@ -51,8 +53,9 @@ def test_p_sample_with_known_noise_matches_reference(ddpm, ref, monkeypatch, t_i
     noise = FixedNoise(monkeypatch, ddpm, [ref[f"p_sample/{t_index}/z"]])
     with student_code("p_sample"):
         got = d.p_sample(x, full(t_index, 4), t_index)
-    assert noise.draws, (f"p_sample (t_index={t_index}): drew no noise through self.noise_like, "
-                         f"torch.randn or torch.randn_like; add sqrt(variance) * z for t_index > 0")
+    check(noise.draws,
+          f"p_sample (t_index={t_index}): drew no noise (self.noise_like, torch.randn, randn_like, "
+          f"normal or Tensor.normal_); add sqrt(variance) * z for t_index > 0")
     assert_matches(f"p_sample (T=50, t_index={t_index}, known z)", got,
                    ref[f"p_sample/{t_index}/out"], OUT_RTOL, OUT_ATOL,
                    f"{P_SAMPLE_HINT}, and add sqrt(posterior variance) * z.")
@@ -71,19 +74,19 @@ def test_p_sample_loop_calls_the_model_at_T_minus_1_down_to_0(ddpm, ref, monkeyp
     _, model = run_loop(ddpm, ref, monkeypatch)
     seen = [sorted(set(t.tolist())) for t, _ in model.calls]
     expected = [[i] for i in range(19, -1, -1)]
-    assert seen == expected, (
-        f"p_sample_loop (T=20): the model should be called once per step with t filled with "
-        f"19, 18, ..., 0 (one value per call, shown as lists); got {seen}")
+    check(seen == expected,
+          f"p_sample_loop (T=20): the model should be called once per step with t filled with "
+          f"19, 18, ..., 0 (one value per call, shown as lists); got {seen}")
 
 
 def test_p_sample_loop_returns_images_in_0_1(ddpm, ref, monkeypatch):
     out, _ = run_loop(ddpm, ref, monkeypatch)
-    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (3, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), (
-        f"p_sample_loop (T=20, B=3): expected shape (3, {CHANNELS}, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
-        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    assert out.min() >= 0 and out.max() <= 1, (
-        f"p_sample_loop: values must be in [0, 1] (map with unnormalize); got "
-        f"[{float(out.min()):.3g}, {float(out.max()):.3g}]")
+    check(isinstance(out, torch.Tensor) and tuple(out.shape) == (3, CHANNELS, IMAGE_SIZE, IMAGE_SIZE),
+          f"p_sample_loop (T=20, B=3): expected shape (3, {CHANNELS}, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
+          f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    check(out.min() >= 0 and out.max() <= 1,
+          f"p_sample_loop: values must be in [0, 1] (map with unnormalize); got "
+          f"[{float(out.min()):.3g}, {float(out.max()):.3g}]")
 
 
 def test_p_sample_loop_with_known_noise_matches_reference(ddpm, ref, monkeypatch):
@@ -105,11 +108,12 @@ def test_sample_returns_a_batch_of_images_in_0_1(ddpm, ref):
     d = make(ddpm, tiny_model(ref, "m20"), 20)
     with student_code("sample"):
         out = d.sample(3)
-    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (3, CHANNELS, IMAGE_SIZE, IMAGE_SIZE), (
-        f"sample(3) with channels={CHANNELS}, image_size={IMAGE_SIZE}: expected shape "
-        f"(3, {CHANNELS}, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
-        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    assert out.min() >= 0 and out.max() <= 1, "sample: values must be in [0, 1]"
+    check(isinstance(out, torch.Tensor) and tuple(out.shape) == (3, CHANNELS, IMAGE_SIZE, IMAGE_SIZE),
+          f"sample(3) with channels={CHANNELS}, image_size={IMAGE_SIZE}: expected shape "
+          f"(3, {CHANNELS}, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
+          f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    check(out.min() >= 0 and out.max() <= 1,
+          "sample: values must be in [0, 1]")
 
 
 def test_sample_with_known_noise_matches_reference(ddpm, ref, monkeypatch):
@@ -127,13 +131,22 @@ def test_sample_keeps_every_tensor_on_the_model_device(ddpm, ref):
     # mixing cuda and cpu would. Meta tensors hold no values, so use the int t_index in branches.
     d = make(ddpm, tiny_model(ref, "m20"), 20).to("meta")
     try:
-        out = d.sample(2)
-    except NotImplementedError as err:
-        if "Meta" in str(err):  # an operation PyTorch cannot run on meta: no verdict possible
-            pytest.skip(f"sample uses an operation without meta support: {err}")
-        pytest.fail(f"not implemented: {err} (needed by sample)", pytrace=False)
-    except RuntimeError as err:
-        pytest.fail(f"sample on a model on another device (meta) failed: {err}\n  create every tensor "
-                    f"on the model's device, e.g. torch.full(..., device=img.device) and "
-                    f"self.noise_like(shape, device)", pytrace=False)
-    assert out.device.type == "meta", f"sample: output is on {out.device}, not the model's device"
+        out, error = d.sample(2), None
+    except Exception as err:  # noqa: BLE001 - judged below, outside the except clause
+        out, error = None, err
+    if isinstance(error, NotImplementedError):
+        if "Meta" in str(error):  # an operation PyTorch cannot run on meta: no verdict possible
+            pytest.skip(f"sample uses an operation without meta support: {error}")
+        with student_code("sample"):
+            raise error
+    if isinstance(error, RuntimeError):
+        pytest.fail("\n".join(
+            [f"sample on a model on another device (meta) failed: {error}"]
+            + [f"  at {w}" for w in submission_frames(error)]
+            + ["  create every tensor on the model's device, e.g. torch.full(..., "
+               "device=img.device) and self.noise_like(shape, device)"]), pytrace=False)
+    if error is not None:
+        with student_code("sample"):
+            raise error
+    check(out.device.type == "meta",
+          f"sample: output is on {out.device}, not the model's device")

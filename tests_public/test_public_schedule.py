@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from public_helpers import assert_matches, student_code
+from public_helpers import assert_matches, check, student_code
 
 CHANNELS, IMAGE_SIZE = 2, 5
 CONFIGS = [("cosine", 10), ("cosine", 50), ("cosine", 1000), ("linear", 50)]
@@ -38,13 +38,13 @@ def test_buffers_are_registered_float32_vectors_of_length_T(ddpm, schedule, time
     d = make(ddpm, schedule, timesteps)
     registered = dict(d.named_buffers(recurse=False))
     for name in HINTS:
-        assert name in registered, (
-            f"Diffusion.__init__ (T={timesteps}, {schedule}): no buffer named {name!r}; register it "
-            f"with self.register_buffer so that it follows .to(device)")
+        check(name in registered,
+              f"Diffusion.__init__ (T={timesteps}, {schedule}): no buffer named {name!r}; register it "
+              f"with self.register_buffer so that it follows .to(device)")
         value = registered[name]
-        assert tuple(value.shape) == (timesteps,) and value.dtype == torch.float32, (
-            f"Diffusion.__init__ (T={timesteps}, {schedule}): buffer {name} should be float32 of "
-            f"shape ({timesteps},), got {value.dtype} of shape {tuple(value.shape)}")
+        check(tuple(value.shape) == (timesteps,) and value.dtype == torch.float32,
+              f"Diffusion.__init__ (T={timesteps}, {schedule}): buffer {name} should be float32 of "
+              f"shape ({timesteps},), got {value.dtype} of shape {tuple(value.shape)}")
 
 
 @pytest.mark.parametrize("name", list(HINTS))
