@@ -246,7 +246,7 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         report.write_json_atomic(out / "results.json", report.fallback_results(
             all_rubric, "Grading did not complete (the grader stopped early); score 0."))
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    notes, tests, student_output, parts = [], [], [], []
+    notes, tests, student_output = [], [], []
     flags = []  # (kind, text) for the gradebook
     own = sandbox is None
     try:
@@ -257,12 +257,8 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         owner = (lone_file_part(submission, [m.submission_file for m in modules])
                  if Path(submission).is_file() else None)
         for module, rubric in rubrics:
-            part = _grade_module(module, rubric, submission, sandbox, deadline, cuda,
-                                 notes, student_output, flags, owner)
-            parts.append(_part_total(module, part))
-            tests += part
-        if len(parts) > 1:  # per-part totals first in the output
-            notes[:0] = [f"{p['title']}: {p['score']:g} / {p['max_score']:g}" for p in parts]
+            tests += _grade_module(module, rubric, submission, sandbox, deadline, cuda,
+                                   notes, student_output, flags, owner)
         notes += sandbox.notes
     except GraderEnvironmentError:
         if out is not None:  # no zero may stand for a grading that could not happen
@@ -301,13 +297,6 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
         (out / "report.md").write_text(report.render_report(results, meta))
         report.write_json_atomic(out / "results.json", results)
     return results
-
-
-def _part_total(module, tests):
-    """{title, score, max_score, count} of one part's graded tests."""
-    return {"title": module.title, "count": len(tests),
-            "score": round(sum(t["score"] for t in tests), 4),
-            "max_score": round(sum(t["max_score"] for t in tests), 4)}
 
 
 def _test(rubric_test, passed, output):

@@ -147,14 +147,14 @@ def render_report(results, meta):
     if meta.get("notes"):
         lines.append("")
     # One table per graded part (their functions may share names), or one table.
-    parts = meta.get("parts") or [{"title": "", "count": len(tests)}]
-    first = 0
-    for part in parts:
-        chunk = tests[first:first + part["count"]]
-        first += part["count"]
-        if part["title"] and len(parts) > 1:
+    parts = list(meta.get("parts") or [("", tests)])
+    covered = {t["name"] for _, chunk in parts for t in chunk}
+    if any(t["name"] not in covered for t in tests):  # e.g. merged notebook tests
+        parts.append(("Other tests", [t for t in tests if t["name"] not in covered]))
+    for title, chunk in parts:
+        if title and len(parts) > 1:
             got = sum(t["score"] for t in chunk)
-            lines += [f"### {part['title']}: {got:g} / {sum(t['max_score'] for t in chunk):g}", ""]
+            lines += [f"### {title}: {got:g} / {sum(t['max_score'] for t in chunk):g}", ""]
         lines += ["| function | score | max |", "|---|---:|---:|"]
         for fn, (got, mx) in breakdown(chunk).items():
             lines.append(f"| {fn} | {got:g} | {mx:g} |")
