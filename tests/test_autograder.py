@@ -92,12 +92,14 @@ def test_grade_all_writes_a_gradebook_and_a_summary(graded):
 @pytest.mark.slow
 def test_results_and_report_name_the_submission_and_what_to_fix_first(graded):
     results = load(graded[0], "stub")
-    assert results["output"].splitlines()[:2] == [
+    assert results["output"].splitlines()[:3] == [
         "Part 1: Gaussian DDPM (diffusion.py): 0 / 100",
+        "Part 2: binary diffusion (binary_diffusion.py): 0 / 100",
         "Fix first: Diffusion.__init__: cosine-schedule buffers match eq. (1)-(3) for T = 1, 2, "
         "50, 1000: " + results["tests"][0]["output"].splitlines()[0]]
-    assert load(graded[0], "reference")["output"].splitlines()[:2] == [
-        "Part 1: Gaussian DDPM (diffusion.py): 100 / 100", "All tests passed."]
+    assert load(graded[0], "reference")["output"].splitlines()[:3] == [
+        "Part 1: Gaussian DDPM (diffusion.py): 100 / 100",
+        "Part 2: binary diffusion (binary_diffusion.py): 100 / 100", "All tests passed."]
     report_md = (graded[0] / "stub" / "report.md").read_text()
     assert report_md.startswith("# Autograder report: stub\n")
     assert str(graded[0]) not in report_md and "**Fix first:** Diffusion.__init__" in report_md
@@ -129,8 +131,8 @@ def test_grade_all_shows_progress_and_flags_timeouts_and_broken_files(tmp_path):
     out, stream = tmp_path / "out", io.StringIO()
     summary = grade_all(subs, out, jobs=1, limits=Limits(timeout_s=2), progress_stream=stream)
     progress = stream.getvalue().splitlines()
-    assert progress[0].startswith("[1/2] broken.py: 0 / 100 in "), progress
-    assert progress[-1].startswith("[2/2] hangs.py: 0 / 100 in "), progress
+    assert progress[0].startswith("[1/2] broken.py: 0 / 200 in "), progress  # two parts
+    assert progress[-1].startswith("[2/2] hangs.py: 0 / 200 in "), progress
     rows = {r["submission"]: r for r in csv.DictReader(open(out / "gradebook.csv"))}
     assert "timeout: importing diffusion.py: did not finish within 2 s" in rows["hangs.py"]["notes"]
     assert "import error: SyntaxError" in rows["broken.py"]["notes"]
