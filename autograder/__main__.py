@@ -16,8 +16,6 @@ def main(argv=None):
     g = sub.add_parser("grade", help="grade one submission (a diffusion.py or a folder)")
     g.add_argument("submission")
     g.add_argument("--out", required=True, help="folder for results.json and report.md")
-    g.add_argument("--otter-results", default=None,
-                   help="an Otter results.json (notebook checks) to merge into ours")
     a = sub.add_parser("grade-all", help="grade every submission in a folder")
     a.add_argument("submissions")
     a.add_argument("--out", required=True)
@@ -72,13 +70,11 @@ def _check(limits):
 
 
 def _grade(args, limits):
-    import json
     from pathlib import Path
 
     from .grade import grade_submission
 
-    otter = json.loads(Path(args.otter_results).read_text()) if args.otter_results else None
-    results = grade_submission(args.submission, args.out, limits=limits, otter_results=otter)
+    results = grade_submission(args.submission, args.out, limits=limits)
     total = sum(t["max_score"] for t in results["tests"])
     print(f"score {results['score']:g} / {total:g}  ({results['execution_time']:.1f} s)")
     if results.get("output"):  # e.g. a wrong path or no diffusion.py: say so here too

@@ -57,6 +57,15 @@ GRADED_MODULES = (
         module="binary_diffusion",
         reference="solutions/binary_diffusion.py",
     ),
+    # A notebook part: the grader reduces the .ipynb to its imports and definitions
+    # (autograder/notebook.py) and stages that as lab.py; the reference is converted the same way.
+    GradedModule(
+        name="lab",
+        title="Part 3: the notebook lab (lab.ipynb)",
+        submission_file="lab.ipynb",
+        module="lab",
+        reference="solutions/lab.ipynb",
+    ),
 )
 
 # Grading never runs longer than this (seconds, default), whatever the submission does: once it

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from . import checks, report
+from . import checks, notebook, report
 from .config import DEFAULT_BUDGET_S, GRADED_MODULES, ROOT
 from .runtime.sandbox import GraderEnvironmentError, Limits, ProbeResult, Sandbox
 
@@ -50,7 +50,7 @@ def load_rubric(module):
     with open(ROOT / module.rubric_path, "rb") as f:
         tests = tomllib.load(f)["test"]
     for t in tests:
-        if not re.match(r"^[A-Za-z_.]+: ", t["name"]):
+        if not re.match(r"^[A-Za-z0-9_.]+: ", t["name"]):  # digits: "q1.compute_mean: ..."
             raise ValueError(f"rubric test {t['id']!r}: name must be '<function>: <behaviour>'")
     return tests
 
@@ -76,8 +76,14 @@ def load_tests(module):
 def load_reference(module):
     key = ("reference", module.reference)
     if key not in _CACHE:
-        _CACHE[key] = _load_path(ROOT / module.reference,
-                                 "autograder_reference_" + Path(module.reference).stem)
+        name = "autograder_reference_" + Path(module.reference).stem
+        if module.reference.endswith(".ipynb"):  # the staff notebook, reduced like a submission
+            source, _ = notebook.notebook_to_module((ROOT / module.reference).read_bytes())
+            mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, None))
+            exec(compile(source, str(ROOT / module.reference), "exec"), mod.__dict__)
+            sys.modules[name] = _CACHE[key] = mod
+        else:
+            _CACHE[key] = _load_path(ROOT / module.reference, name)
     return _CACHE[key]
 
 
@@ -94,16 +100,19 @@ def default_hide(out_dir=None, submission=None):
 
 def _name_pattern(filename):
     """Renamed copies of `filename` such as 'diffusion (1).py' or 'diffusion-2.py'."""
-    return re.compile(rf"^{re.escape(Path(filename).stem)}[\s_\-()0-9]*\.py$", re.IGNORECASE)
+    stem, suffix = Path(filename).stem, Path(filename).suffix
+    return re.compile(rf"^{re.escape(stem)}[\s_\-()0-9]*{re.escape(suffix)}$", re.IGNORECASE)
 
 
 def lone_file_part(path, filenames):
-    """The submission file name a single uploaded file stands for: the one its name matches
-    (e.g. 'binary_diffusion (1).py'), else the first (a file of any other name is part 1's)."""
-    for filename in filenames:
+    """The submission file name a single uploaded file stands for, among those of its kind
+    (suffix): the one its name matches (e.g. 'binary_diffusion (1).py'), else the first of that
+    kind (a .py of any other name is part 1's); None if no part takes that kind."""
+    same_kind = [f for f in filenames if Path(f).suffix.lower() == Path(path).suffix.lower()]
+    for filename in same_kind:
         if _name_pattern(filename).match(Path(path).name):
             return filename
-    return filenames[0]
+    return same_kind[0] if same_kind else None
 
 
 def find_submission(path, filename, owner=None):
@@ -112,6 +121,8 @@ def find_submission(path, filename, owner=None):
     one part only, `owner` (default: this one)."""
     path = Path(path)
     if path.is_file():
+        if path.suffix.lower() != Path(filename).suffix.lower():
+            return None, ""  # one file of another kind (a .py for the notebook): not this part
         if owner is not None and owner != filename:
             return None, f"no {filename} in the submission (only {path.name}, graded as {owner})"
         note = "" if path.name == filename else f"graded {path.name} as {filename}"
@@ -122,7 +133,8 @@ def find_submission(path, filename, owner=None):
     if exact.is_file():
         return exact, ""
     pattern = _name_pattern(filename)
-    candidates = sorted(p for p in path.rglob("*.py") if pattern.match(p.name))
+    candidates = sorted(p for p in path.rglob("*" + Path(filename).suffix) if pattern.match(p.name)
+                        and ".ipynb_checkpoints" not in p.parts)
     if candidates:
         return candidates[0], f"no {filename} found; graded {candidates[0].name} instead"
     return None, f"no {filename} in the submission"
@@ -230,7 +242,7 @@ def _np(v):
 
 def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
                      budget_s=DEFAULT_BUDGET_S, modules=GRADED_MODULES, cuda=None,
-                     otter_results=None, details=None):
+                     details=None):
     """Grade `submission` (a file or a folder); returns the results.json dict. See module doc.
 
     details: an optional dict, filled with what a gradebook needs beyond results.json:
@@ -286,8 +298,6 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
     }
     if sandbox is not None and sandbox.budget is not None:
         results["extra_data"] = {"memory_mb": vars(sandbox.budget)}
-    if otter_results is not None:
-        results = report.merge_otter(results, otter_results)
     report.validate_results(results)
     if details is not None:
         details["flags"] = flags
@@ -313,8 +323,19 @@ def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, st
         notes.append(note)
         flags.append(("missing" if path is None else "renamed", note))
     if path is None:
-        return [_test(t, False, f"not graded: {note}") for t in rubric]
+        why = note or f"no {module.submission_file} in the submission"
+        return [_test(t, False, f"not graded: {why}") for t in rubric]
     files = {module.submission_file: path}
+    if module.submission_file.endswith(".ipynb"):
+        # the sandbox imports the notebook's definitions only, converted here from the JSON
+        try:
+            source, nb_notes = notebook.notebook_to_module(path.read_bytes())
+        except notebook.NotebookError as exc:
+            return [_test(t, False, f"{module.submission_file}: {exc}") for t in rubric]
+        notes += nb_notes
+        converted = sandbox.root / f"{module.module}-from-notebook.py"
+        converted.write_text(source)
+        files = {f"{module.module}.py": converted}
     files.update({Path(g).name: ROOT / g for g in module.given})
     sandbox.load(files, module=module.module, probes=ROOT / module.probes)
     implementations = load_tests(module)

@@ -13,7 +13,7 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 
 ENGINE = ("__init__.py", "__main__.py", "checks.py", "config.py", "grade.py", "gradebook.py",
-          "package.py", "report.py", "runtime/__init__.py", "runtime/sandbox.py",
+          "notebook.py", "package.py", "report.py", "runtime/__init__.py", "runtime/sandbox.py",
           "runtime/worker.py", "runtime/wire.py", "runtime/probekit.py", "runtime/memory.py")
 
 

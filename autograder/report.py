@@ -1,4 +1,4 @@
-"""Writes Gradescope's results.json and a readable report.md; merges Otter's results.
+"""Writes Gradescope's results.json and a readable report.md.
 
 results.json follows https://gradescope-autograders.readthedocs.io/en/latest/specs/ : top-level
 score, execution_time, output, output_format, visibility, tests[] (name, score, max_score,
@@ -70,21 +70,6 @@ def validate_results(data):
             need(isinstance(t["output"], str), f"tests[{i}].output must be a string")
     json.dumps(data)  # must serialize
     return True
-
-
-def merge_otter(results, otter_results):
-    """Append the tests of an Otter-produced results.json (`otter run` writes Gradescope format)
-    to ours; the score becomes the sum. Returns a new dict."""
-    merged = dict(results)
-    tests = list(results.get("tests", []))
-    for t in otter_results.get("tests", []):
-        t = {k: v for k, v in t.items() if k in ("name", "score", "max_score", "status", "output",
-                                                 "visibility")}
-        t["name"] = "notebook: " + str(t.get("name", "?"))
-        tests.append(t)
-    merged["tests"] = tests
-    merged["score"] = round(sum(float(t.get("score", 0)) for t in tests), 4)
-    return merged
 
 
 def breakdown(tests):

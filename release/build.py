@@ -115,6 +115,7 @@ class Assignment:
     files: dict = field(default_factory=dict)
     stripped: list = field(default_factory=list)  # StrippedFile
     excluded: list = field(default_factory=list)
+    notebooks: list = field(default_factory=list)  # made by `otter assign` (release/lab.py)
 
 
 def build_assignment(root, manifest):
@@ -134,7 +135,12 @@ def build_assignment(root, manifest):
             built.excluded.append(rel)
             continue
         data = (source / rel).read_bytes()
-        if matches(rel, spec["strip"]):
+        if matches(rel, spec.get("otter", [])):  # Otter master notebook -> student notebook
+            from release import lab
+
+            built.files[rel] = lab.assign(source / rel)
+            built.notebooks.append(rel)
+        elif matches(rel, spec["strip"]):
             text = data.decode("utf-8")
             # LaTeX (the written part) has its own comment syntax for the same markers.
             strip = strip_tex_solutions if rel.endswith(".tex") else strip_solutions

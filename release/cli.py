@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from release import build, gates
+from release import build, gates, lab
 from release.markers import MarkerError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,6 +147,8 @@ def release(root=REPO, out=None, check=False, skip_gates=False, log=print):
                   gates.check_stable, root, manifest, first, log=log)
         _run_gate(outcome, "notebook", "run_in_colab.ipynb matches release/colab_notebook.py",
                   gates.check_notebook, root, manifest, log=log)
+        _run_gate(outcome, "lab", "the Otter student notebook holds no solution or hidden test",
+                  lab.check_notebooks, root, manifest, built, log=log)
 
         if check:
             committed = out / spec["output"]

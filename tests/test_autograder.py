@@ -14,10 +14,15 @@ import pytest
 import tomllib
 
 from autograder.gradebook import grade_all
-from autograder.report import merge_otter, validate_results
+from autograder.report import validate_results
 from autograder.runtime.sandbox import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
+# All graded parts together (part 1 is 100 points; the lab adds its own rubric).
+_RUBRICS = [tomllib.loads((ROOT / f"tests_hidden/{p}/rubric.toml").read_text())["test"]
+            for p in ("diffusion", "lab")]
+TOTAL = sum(t["points"] for r in _RUBRICS for t in r)
+N_TESTS = sum(len(r) for r in _RUBRICS)
 FUNCTIONS = ("Diffusion.__init__", "q_sample", "q_posterior", "p_loss", "forward", "p_sample",
              "p_sample_loop", "sample", "training")
 
@@ -30,9 +35,11 @@ def graded(tmp_path_factory):
     (subs / "reference").mkdir()
     shutil.copy(ROOT / "solutions" / "diffusion.py", subs / "reference" / "diffusion.py")
     shutil.copy(ROOT / "solutions" / "binary_diffusion.py", subs / "reference" / "binary_diffusion.py")
+    shutil.copy(ROOT / "solutions" / "lab.ipynb", subs / "reference" / "lab.ipynb")
     (subs / "stub").mkdir()
     shutil.copy(ROOT / "assignment" / "diffusion.py", subs / "stub" / "diffusion (1).py")
     shutil.copy(ROOT / "assignment" / "binary_diffusion.py", subs / "stub" / "binary_diffusion.py")
+    shutil.copy(ROOT / "assignment" / "lab.ipynb", subs / "stub" / "lab.ipynb")
     out = tmp_path_factory.mktemp("out")
     summary = grade_all(subs, out, jobs=1, limits=Limits())
     return out, summary
@@ -48,9 +55,7 @@ def test_reference_solution_gets_full_marks(graded):
     validate_results(results)
     failing = [t["name"] + ": " + t["output"] for t in results["tests"] if t["status"] != "passed"]
     assert not failing
-    # two parts of 100 points each, with their totals in the output
-    assert results["score"] == sum(t["max_score"] for t in results["tests"]) == 200
-    assert "Part 1: Gaussian DDPM (diffusion.py): 100 / 100" in results["output"]
+    assert results["score"] == sum(t["max_score"] for t in results["tests"]) == TOTAL
     assert "Part 2: binary diffusion (binary_diffusion.py): 100 / 100" in results["output"]
 
 
@@ -66,25 +71,25 @@ def test_release_stub_scores_zero_and_says_not_implemented(graded):
 @pytest.mark.slow
 def test_report_breaks_the_score_down_per_function_and_explains_failures(graded):
     text = (graded[0] / "stub" / "report.md").read_text()
-    assert "**Score: 0 / 200**" in text
+    assert f"**Score: 0 / {TOTAL:g}**" in text
     assert "### Part 2: binary diffusion (binary_diffusion.py): 0 / 100" in text
     for fn in FUNCTIONS:
         assert f"| {fn} | 0 |" in text
-    assert "not implemented" in text and "## Failing tests (45)" in text
+    assert "not implemented" in text and f"## Failing tests ({N_TESTS})" in text
 
 
 @pytest.mark.slow
 def test_grade_all_writes_a_gradebook_and_a_summary(graded):
     out, summary = graded
     rows = {r["submission"]: r for r in csv.DictReader(open(out / "gradebook.csv"))}
-    assert {name: float(r["score"]) for name, r in rows.items()} == {"reference": 200.0, "stub": 0.0}
+    assert {name: float(r["score"]) for name, r in rows.items()} == {"reference": TOTAL, "stub": 0.0}
     assert float(rows["reference"]["grading_time_s"]) > 0 and rows["reference"]["notes"] == ""
     assert "renamed: no diffusion.py found; graded diffusion (1).py instead" in rows["stub"]["notes"]
     assert "Score histogram" in summary and "Most-failed tests" in summary
     needs = summary.split("## Needs attention (1)")[1].split("##")[0]
     assert "- stub: score 0; renamed file" in needs and "untouched" in needs
     assert "reference" not in needs
-    # The untouched stub's 26 "not implemented" failures say nothing about hard tests.
+    # The untouched stub's "not implemented" failures say nothing about hard tests.
     assert summary.split("## Most-failed tests")[1].strip().endswith("(none)")
     assert (out / "summary.md").read_text() == summary
 
@@ -95,11 +100,13 @@ def test_results_and_report_name_the_submission_and_what_to_fix_first(graded):
     assert results["output"].splitlines()[:3] == [
         "Part 1: Gaussian DDPM (diffusion.py): 0 / 100",
         "Part 2: binary diffusion (binary_diffusion.py): 0 / 100",
+        "Part 3: the notebook lab (lab.ipynb): 0 / 24",
         "Fix first: Diffusion.__init__: cosine-schedule buffers match eq. (1)-(3) for T = 1, 2, "
         "50, 1000: " + results["tests"][0]["output"].splitlines()[0]]
     assert load(graded[0], "reference")["output"].splitlines()[:3] == [
         "Part 1: Gaussian DDPM (diffusion.py): 100 / 100",
-        "Part 2: binary diffusion (binary_diffusion.py): 100 / 100", "All tests passed."]
+        "Part 2: binary diffusion (binary_diffusion.py): 100 / 100",
+        "Part 3: the notebook lab (lab.ipynb): 24 / 24", "All tests passed."]
     report_md = (graded[0] / "stub" / "report.md").read_text()
     assert report_md.startswith("# Autograder report: stub\n")
     assert str(graded[0]) not in report_md and "**Fix first:** Diffusion.__init__" in report_md
@@ -131,8 +138,8 @@ def test_grade_all_shows_progress_and_flags_timeouts_and_broken_files(tmp_path):
     out, stream = tmp_path / "out", io.StringIO()
     summary = grade_all(subs, out, jobs=1, limits=Limits(timeout_s=2), progress_stream=stream)
     progress = stream.getvalue().splitlines()
-    assert progress[0].startswith("[1/2] broken.py: 0 / 200 in "), progress  # two parts
-    assert progress[-1].startswith("[2/2] hangs.py: 0 / 200 in "), progress
+    assert progress[0].startswith(f"[1/2] broken.py: 0 / {TOTAL:g} in "), progress
+    assert progress[-1].startswith(f"[2/2] hangs.py: 0 / {TOTAL:g} in "), progress
     rows = {r["submission"]: r for r in csv.DictReader(open(out / "gradebook.csv"))}
     assert "timeout: importing diffusion.py: did not finish within 2 s" in rows["hangs.py"]["notes"]
     assert "import error: SyntaxError" in rows["broken.py"]["notes"]
@@ -188,13 +195,12 @@ def test_a_lone_file_stands_for_the_part_its_name_says():
     assert find_submission(this, "diffusion.py", owner="diffusion.py")[0] == this
 
 
-def test_otter_results_merge_into_ours():
-    ours = {"score": 10.0, "tests": [{"name": "q_sample: x", "score": 10.0, "max_score": 10.0}]}
-    otter = {"tests": [{"name": "q1", "score": 2.0, "max_score": 3.0, "output": "",
-                        "visibility": "visible"}]}
-    merged = merge_otter(ours, otter)
-    validate_results(merged)
-    assert merged["score"] == 12.0 and merged["tests"][-1]["name"] == "notebook: q1"
+def test_otter_results_option_is_gone():
+    """Notebooks are graded by the engine now (tests_hidden/lab/); the old --otter-results merge,
+    which crashed on Otter's score-less "Public Tests" entry, was removed rather than kept."""
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade", "x", "--out", "y",
+                           "--otter-results", "o.json"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--otter-results" in proc.stderr
 
 
 def test_zero_score_results_exist_before_grading_starts(tmp_path):
@@ -213,7 +219,7 @@ def test_zero_score_results_exist_before_grading_starts(tmp_path):
         proc.wait()
     results = json.loads((out / "results.json").read_text())
     validate_results(results)
-    assert results["score"] == 0 and len(results["tests"]) == 45  # both parts' tests
+    assert results["score"] == 0 and len(results["tests"]) == N_TESTS
     assert all(t["status"] == "failed" for t in results["tests"])
 
 
@@ -223,7 +229,7 @@ def test_cli_names_a_missing_submission_on_the_terminal_and_still_writes_results
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "score 0 / 200" in proc.stdout and "typo does not exist" in proc.stdout
+    assert f"score 0 / {TOTAL:g}" in proc.stdout and "typo does not exist" in proc.stdout
     validate_results(json.loads((out / "results.json").read_text()))
 
 
@@ -245,7 +251,7 @@ def test_a_submission_that_hangs_everywhere_is_graded_in_bounded_time(tmp_path):
     (sub / "diffusion.py").write_text(case.source())
     limits = Limits(timeout_s=2.0, hang_pool_s=4.0, after_hangs_timeout_s=1.0)
     start = time.monotonic()
-    part1 = tuple(m for m in GRADED_MODULES if m.name == "diffusion")
+    part1 = tuple(m for m in GRADED_MODULES if m.name == "diffusion")  # a diffusion.py only
     results = grade_submission(sub, tmp_path / "out", limits=limits, modules=part1)
     elapsed = time.monotonic() - start
     validate_results(results)
@@ -303,15 +309,15 @@ def test_a_python_prefix_behind_a_symbolic_link_grades(tmp_path):
     python = link / "bin" / Path(sys.executable).name
     out = tmp_path / "out"
     proc = subprocess.run([str(python), "-m", "autograder", "grade",
-                           str(ROOT / "assignment" / "diffusion.py"), "--out", str(out)],
+                           str(ROOT / "assignment"), "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads((out / "results.json").read_text())
-    # The stub: every probe ran in the worker and came back "not implemented" (not a crash).
-    # A lone diffusion.py is part 1 only; part 2's tests say its file is missing.
-    part1 = [t for t in results["tests"] if "no binary_diffusion.py" not in t["output"]]
-    assert len(part1) == 26, results["output"]
-    assert all("not implemented" in t["output"] for t in part1), results["output"]
+    # The stubs (diffusion.py and lab.ipynb): every probe ran in the worker and came back "not
+    # implemented" (not a crash).
+    # part 2's tests say its file is missing.
+    graded = [t for t in results["tests"] if "no binary_diffusion.py" not in t["output"]]
+    assert all("not implemented" in t["output"] for t in graded), results["output"]
 
 
 def test_release_gate_rejects_stubs_that_score_0_for_another_reason_than_not_implemented(tmp_path):

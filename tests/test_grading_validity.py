@@ -37,7 +37,8 @@ from autograder.runtime.sandbox import Limits, Sandbox  # noqa: E402
 pytestmark = pytest.mark.slow
 
 CORRECT = sorted((ROOT / "tests" / "submissions" / "correct").glob("*.py"))
-# This file validates part 1 (diffusion.py); part 2 has tests/test_grading_validity_binary.py.
+# This catalogue is about part 1 (diffusion.py); part 2 has tests/test_grading_validity_binary.py,
+# the lab its own (tests/test_lab.py).
 PART1 = tuple(m for m in GRADED_MODULES if m.name == "diffusion")
 FULL_RUBRIC = [t for m in PART1 for t in load_rubric(m)]
 FULL_MARKS = sum(float(t["points"]) for t in FULL_RUBRIC)
@@ -82,7 +83,7 @@ def check_schema(results, rubric=None):
         assert t.get("status") in ("passed", "failed"), f"bad status: {t}"
         assert isinstance(t.get("output"), str) and t["output"].strip(), f"test without output: {t}"
         assert t.get("visibility") in ("hidden", "after_due_date", "after_published", "visible")
-        assert re.match(r"^[A-Za-z_.]+: ", t["name"]), f"name is not '<function>: ...': {t['name']}"
+        assert re.match(r"^[A-Za-z0-9_.]+: ", t["name"]), f"name is not '<function>: ...': {t['name']}"
     assert abs(results["score"] - sum(t["score"] for t in results["tests"])) < 1e-6
     if rubric is not None:
         assert [t["name"] for t in results["tests"]] == [t["name"] for t in rubric]

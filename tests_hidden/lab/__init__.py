@@ -1,0 +1,1 @@
+"""Part 3: the notebook lab (lab.ipynb)."""
