@@ -18,9 +18,9 @@ from autograder.report import validate_results
 from autograder.runtime.sandbox import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
-# All graded parts together (part 1 is 100 points; the lab adds its own rubric).
+# All graded parts together (parts 1 and 2 are 100 points each; the lab adds its own rubric).
 _RUBRICS = [tomllib.loads((ROOT / f"tests_hidden/{p}/rubric.toml").read_text())["test"]
-            for p in ("diffusion", "lab")]
+            for p in ("diffusion", "binary_diffusion", "lab")]
 TOTAL = sum(t["points"] for r in _RUBRICS for t in r)
 N_TESTS = sum(len(r) for r in _RUBRICS)
 FUNCTIONS = ("Diffusion.__init__", "q_sample", "q_posterior", "p_loss", "forward", "p_sample",
