@@ -11,7 +11,10 @@ JOBS ?= 2
 TRAIN_ARGS ?= --image_size 16 --unet_dim_mults 1 2 4 --threads 1 --train_steps 3000 \
 	--save_and_sample_every 1000 --save_folder ../build/train
 
-.PHONY: setup test grade grade-all need-submissions release written train bench lint clean
+# Part 2's CPU demo: train_binary.py's defaults (1500 steps of binarized 16x16 digits).
+TRAIN_BINARY_ARGS ?= --threads 1 --save_folder ../build/train_binary
+
+.PHONY: setup test grade grade-all need-submissions release written train train-binary bench lint clean
 
 setup: $(STAMP)
 
@@ -46,6 +49,9 @@ written: setup
 
 train: setup
 	cd solutions && $(PY) main.py $(TRAIN_ARGS)
+
+train-binary: setup
+	cd solutions && $(PY) train_binary.py $(TRAIN_BINARY_ARGS)
 
 bench: setup
 	$(PY) -m bench

@@ -50,6 +50,13 @@ GRADED_MODULES = (
         reference="solutions/diffusion.py",
         given=("solutions/unet.py",),
     ),
+    GradedModule(
+        name="binary_diffusion",
+        title="Part 2: binary diffusion (binary_diffusion.py)",
+        submission_file="binary_diffusion.py",
+        module="binary_diffusion",
+        reference="solutions/binary_diffusion.py",
+    ),
     # A notebook part: the grader reduces the .ipynb to its imports and definitions
     # (autograder/notebook.py) and stages that as lab.py; the reference is converted the same way.
     GradedModule(

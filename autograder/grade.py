@@ -98,13 +98,33 @@ def default_hide(out_dir=None, submission=None):
     return hide
 
 
-def find_submission(path, filename):
+def _name_pattern(filename):
+    """Renamed copies of `filename` such as 'diffusion (1).py' or 'diffusion-2.py'."""
+    stem, suffix = Path(filename).stem, Path(filename).suffix
+    return re.compile(rf"^{re.escape(stem)}[\s_\-()0-9]*{re.escape(suffix)}$", re.IGNORECASE)
+
+
+def lone_file_part(path, filenames):
+    """The submission file name a single uploaded file stands for, among those of its kind
+    (suffix): the one its name matches (e.g. 'binary_diffusion (1).py'), else the first of that
+    kind (a .py of any other name is part 1's); None if no part takes that kind."""
+    same_kind = [f for f in filenames if Path(f).suffix.lower() == Path(path).suffix.lower()]
+    for filename in same_kind:
+        if _name_pattern(filename).match(Path(path).name):
+            return filename
+    return same_kind[0] if same_kind else None
+
+
+def find_submission(path, filename, owner=None):
     """(file, note): the submitted `filename` in `path` (a file or a folder). Accepts renamed
-    copies such as 'diffusion (1).py' or 'diffusion-2.py', with a note."""
+    copies such as 'diffusion (1).py' or 'diffusion-2.py', with a note. A single file stands for
+    one part only, `owner` (default: this one)."""
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() != Path(filename).suffix.lower():
             return None, ""  # one file of another kind (a .py for the notebook): not this part
+        if owner is not None and owner != filename:
+            return None, f"no {filename} in the submission (only {path.name}, graded as {owner})"
         note = "" if path.name == filename else f"graded {path.name} as {filename}"
         return path, note
     if not path.is_dir():
@@ -112,9 +132,8 @@ def find_submission(path, filename):
     exact = path / filename
     if exact.is_file():
         return exact, ""
-    stem, suffix = Path(filename).stem, Path(filename).suffix
-    pattern = re.compile(rf"^{re.escape(stem)}[\s_\-()0-9]*{re.escape(suffix)}$", re.IGNORECASE)
-    candidates = sorted(p for p in path.rglob("*" + suffix) if pattern.match(p.name)
+    pattern = _name_pattern(filename)
+    candidates = sorted(p for p in path.rglob("*" + Path(filename).suffix) if pattern.match(p.name)
                         and ".ipynb_checkpoints" not in p.parts)
     if candidates:
         return candidates[0], f"no {filename} found; graded {candidates[0].name} instead"
@@ -248,9 +267,11 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
             sandbox = Sandbox(hide=default_hide(out, submission), limits=limits or Limits())
         sandbox.check()  # can we grade here at all? (GraderEnvironmentError if not)
         deadline = time.monotonic() + budget_s  # the submission's time starts now
+        owner = (lone_file_part(submission, [m.submission_file for m in modules])
+                 if Path(submission).is_file() else None)
         for module, rubric in rubrics:
             tests += _grade_module(module, rubric, submission, sandbox, deadline, cuda,
-                                   notes, student_output, flags)
+                                   notes, student_output, flags, owner)
         notes += sandbox.notes
     except GraderEnvironmentError:
         if out is not None:  # no zero may stand for a grading that could not happen
@@ -282,7 +303,7 @@ def grade_submission(submission, out_dir=None, *, sandbox=None, limits=None,
     if details is not None:
         details["flags"] = flags
     if out is not None:
-        meta = {"submission": str(submission), "notes": notes,
+        meta = {"submission": str(submission), "notes": notes, "parts": parts,
                 "student_output": "\n".join(dict.fromkeys(student_output))}
         (out / "report.md").write_text(report.render_report(results, meta))
         report.write_json_atomic(out / "results.json", results)
@@ -297,8 +318,8 @@ def _test(rubric_test, passed, output):
 
 
 def _grade_module(module, rubric, submission, sandbox, deadline, cuda, notes, student_output,
-                  flags):
-    path, note = find_submission(submission, module.submission_file)
+                  flags, owner=None):
+    path, note = find_submission(submission, module.submission_file, owner)
     if note:
         notes.append(note)
         flags.append(("missing" if path is None else "renamed", note))

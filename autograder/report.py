@@ -131,9 +131,20 @@ def render_report(results, meta):
         lines.append(f"> {note}")
     if meta.get("notes"):
         lines.append("")
-    lines += ["| function | score | max |", "|---|---:|---:|"]
-    for fn, (got, mx) in breakdown(tests).items():
-        lines.append(f"| {fn} | {got:g} | {mx:g} |")
+    # One table per graded part (their functions may share names), or one table.
+    parts = list(meta.get("parts") or [("", tests)])
+    covered = {t["name"] for _, chunk in parts for t in chunk}
+    if any(t["name"] not in covered for t in tests):  # e.g. merged notebook tests
+        parts.append(("Other tests", [t for t in tests if t["name"] not in covered]))
+    for title, chunk in parts:
+        if title and len(parts) > 1:
+            got = sum(t["score"] for t in chunk)
+            lines += [f"### {title}: {got:g} / {sum(t['max_score'] for t in chunk):g}", ""]
+        lines += ["| function | score | max |", "|---|---:|---:|"]
+        for fn, (got, mx) in breakdown(chunk).items():
+            lines.append(f"| {fn} | {got:g} | {mx:g} |")
+        lines.append("")
+    lines.pop()
     failing = [t for t in tests if t["status"] != "passed"]
     lines += ["", f"## Failing tests ({len(failing)})" if failing else "## All tests passed", ""]
     for t in failing:

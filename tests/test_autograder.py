@@ -18,9 +18,9 @@ from autograder.report import validate_results
 from autograder.runtime.sandbox import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
-# All graded parts together (part 1 is 100 points; the lab adds its own rubric).
+# All graded parts together (parts 1 and 2 are 100 points each; the lab adds its own rubric).
 _RUBRICS = [tomllib.loads((ROOT / f"tests_hidden/{p}/rubric.toml").read_text())["test"]
-            for p in ("diffusion", "lab")]
+            for p in ("diffusion", "binary_diffusion", "lab")]
 TOTAL = sum(t["points"] for r in _RUBRICS for t in r)
 N_TESTS = sum(len(r) for r in _RUBRICS)
 FUNCTIONS = ("Diffusion.__init__", "q_sample", "q_posterior", "p_loss", "forward", "p_sample",
@@ -34,9 +34,11 @@ def graded(tmp_path_factory):
     subs = tmp_path_factory.mktemp("subs")
     (subs / "reference").mkdir()
     shutil.copy(ROOT / "solutions" / "diffusion.py", subs / "reference" / "diffusion.py")
+    shutil.copy(ROOT / "solutions" / "binary_diffusion.py", subs / "reference" / "binary_diffusion.py")
     shutil.copy(ROOT / "solutions" / "lab.ipynb", subs / "reference" / "lab.ipynb")
     (subs / "stub").mkdir()
     shutil.copy(ROOT / "assignment" / "diffusion.py", subs / "stub" / "diffusion (1).py")
+    shutil.copy(ROOT / "assignment" / "binary_diffusion.py", subs / "stub" / "binary_diffusion.py")
     shutil.copy(ROOT / "assignment" / "lab.ipynb", subs / "stub" / "lab.ipynb")
     out = tmp_path_factory.mktemp("out")
     summary = grade_all(subs, out, jobs=1, limits=Limits())
@@ -54,6 +56,7 @@ def test_reference_solution_gets_full_marks(graded):
     failing = [t["name"] + ": " + t["output"] for t in results["tests"] if t["status"] != "passed"]
     assert not failing
     assert results["score"] == sum(t["max_score"] for t in results["tests"]) == TOTAL
+    assert "Part 2: binary diffusion (binary_diffusion.py): 100 / 100" in results["output"]
 
 
 @pytest.mark.slow
@@ -69,6 +72,7 @@ def test_release_stub_scores_zero_and_says_not_implemented(graded):
 def test_report_breaks_the_score_down_per_function_and_explains_failures(graded):
     text = (graded[0] / "stub" / "report.md").read_text()
     assert f"**Score: 0 / {TOTAL:g}**" in text
+    assert "### Part 2: binary diffusion (binary_diffusion.py): 0 / 100" in text
     for fn in FUNCTIONS:
         assert f"| {fn} | 0 |" in text
     assert "not implemented" in text and f"## Failing tests ({N_TESTS})" in text
@@ -93,13 +97,15 @@ def test_grade_all_writes_a_gradebook_and_a_summary(graded):
 @pytest.mark.slow
 def test_results_and_report_name_the_submission_and_what_to_fix_first(graded):
     results = load(graded[0], "stub")
-    assert results["output"].splitlines()[:3] == [
+    assert results["output"].splitlines()[:4] == [
         "Part 1: Gaussian DDPM (diffusion.py): 0 / 100",
+        "Part 2: binary diffusion (binary_diffusion.py): 0 / 100",
         "Part 3: the notebook lab (lab.ipynb): 0 / 24",
         "Fix first: Diffusion.__init__: cosine-schedule buffers match eq. (1)-(3) for T = 1, 2, "
         "50, 1000: " + results["tests"][0]["output"].splitlines()[0]]
-    assert load(graded[0], "reference")["output"].splitlines()[:3] == [
+    assert load(graded[0], "reference")["output"].splitlines()[:4] == [
         "Part 1: Gaussian DDPM (diffusion.py): 100 / 100",
+        "Part 2: binary diffusion (binary_diffusion.py): 100 / 100",
         "Part 3: the notebook lab (lab.ipynb): 24 / 24", "All tests passed."]
     report_md = (graded[0] / "stub" / "report.md").read_text()
     assert report_md.startswith("# Autograder report: stub\n")
@@ -162,6 +168,31 @@ def test_rubric_gives_every_test_points_visibility_and_a_function_prefix():
         assert t["name"].split(": ", 1)[0] in FUNCTIONS, t["name"]
         assert t["visibility"] in ("hidden", "after_due_date", "after_published", "visible")
     assert len({t["name"] for t in tests}) == len(tests)
+
+
+@pytest.mark.slow
+def test_a_missing_part_costs_only_that_part(tmp_path):
+    from autograder.grade import grade_submission
+
+    (tmp_path / "only_binary").mkdir()
+    shutil.copy(ROOT / "solutions" / "binary_diffusion.py", tmp_path / "only_binary")
+    results = grade_submission(tmp_path / "only_binary")
+    part1 = [t for t in results["tests"] if "no diffusion.py" in t["output"]]
+    assert results["score"] == 100 and len(part1) == 26  # part 2's points only
+    assert all(t["score"] == 0 and t["output"].startswith("not graded") for t in part1)
+    assert "no diffusion.py in the submission" in results["output"]
+
+
+def test_a_lone_file_stands_for_the_part_its_name_says():
+    from autograder.grade import find_submission, lone_file_part
+
+    names = ["diffusion.py", "binary_diffusion.py"]
+    assert lone_file_part("x/binary_diffusion (2).py", names) == "binary_diffusion.py"
+    assert lone_file_part("x/diffusion-1.py", names) == "diffusion.py"
+    assert lone_file_part("x/my_solution.py", names) == "diffusion.py"  # any other name: part 1
+    this = Path(__file__)
+    assert find_submission(this, "binary_diffusion.py", owner="diffusion.py")[0] is None
+    assert find_submission(this, "diffusion.py", owner="diffusion.py")[0] == this
 
 
 def test_otter_results_option_is_gone():
@@ -284,7 +315,9 @@ def test_a_python_prefix_behind_a_symbolic_link_grades(tmp_path):
     results = json.loads((out / "results.json").read_text())
     # The stubs (diffusion.py and lab.ipynb): every probe ran in the worker and came back "not
     # implemented" (not a crash).
-    assert all("not implemented" in t["output"] for t in results["tests"]), results["output"]
+    # part 2's tests say its file is missing.
+    graded = [t for t in results["tests"] if "no binary_diffusion.py" not in t["output"]]
+    assert all("not implemented" in t["output"] for t in graded), results["output"]
 
 
 def test_release_gate_rejects_stubs_that_score_0_for_another_reason_than_not_implemented(tmp_path):

@@ -35,6 +35,7 @@ def test_run_autograder_grades_a_submission_under_a_simulated_autograder_root(tm
         shutil.copy(ROOT / source, root / "source" / target)
     (root / "submission").mkdir(parents=True)
     shutil.copy(ROOT / "solutions" / "diffusion.py", root / "submission" / "diffusion.py")
+    shutil.copy(ROOT / "solutions" / "binary_diffusion.py", root / "submission")
     shutil.copy(ROOT / "solutions" / "lab.ipynb", root / "submission" / "lab.ipynb")
     env = dict(os.environ, AUTOGRADER_ROOT=str(root), AUTOGRADER_PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env,

@@ -43,7 +43,8 @@ from autograder.runtime.sandbox import Limits, Sandbox  # noqa: E402
 pytestmark = pytest.mark.slow
 
 CORRECT = correct_sources()
-# This catalogue is about part 1 (diffusion.py); the lab has its own (tests/test_lab.py).
+# This catalogue is about part 1 (diffusion.py); part 2 has tests/test_grading_validity_binary.py,
+# the lab its own (tests/test_lab.py).
 PART1 = tuple(m for m in GRADED_MODULES if m.name == "diffusion")
 FULL_RUBRIC = [t for m in PART1 for t in load_rubric(m)]
 FULL_MARKS = sum(float(t["points"]) for t in FULL_RUBRIC)
@@ -96,7 +97,7 @@ def check_schema(results, rubric=None):
 
 
 def rubric_only(functions, folder):
-    """GRADED_MODULES restricted to the tests of `functions` (a rubric file written to folder)."""
+    """PART1 restricted to the tests of `functions` (a rubric file written to folder)."""
     modules, kept = [], []
     for module in PART1:
         tests = [t for t in load_rubric(module) if function_of(t) in functions]

@@ -73,7 +73,7 @@ def test_reference_gets_full_marks_within_own_use_plus_300_mb(own_mb, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     lost = [f"{t['name']}: {t['output'][:200]}" for t in results["tests"] if t["status"] != "passed"]
-    assert results["score"] == 100 and not lost, lost
+    assert results["score"] == 200 and not lost, lost  # both parts
     assert results["extra_data"]["memory_mb"]["limit_mb"] == limit
     assert peak < limit << 20, f"the grading tree peaked at {peak >> 20} MB, limit {limit} MB"
 

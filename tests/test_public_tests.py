@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from submissions.binary_mutants import ALTERNATES as BINARY_ALTERNATES
+from submissions.binary_mutants import source
 from submissions.correct_forms import ALTERNATES
 from submissions.stubs import stub_source
 
@@ -37,11 +39,26 @@ def run_public(submission, tmp_path, *extra, env=None):
     return proc.returncode, proc.stdout + proc.stderr, cases
 
 
-def stage(tmp_path, text, name="submission"):
+BINARY_REFERENCE = ROOT / "solutions" / "binary_diffusion.py"
+
+
+def stage(tmp_path, text, name="submission", binary=None):
+    """A submission folder with diffusion.py = text (and binary_diffusion.py = binary, if given)."""
     folder = tmp_path / name
     folder.mkdir()
-    (folder / "diffusion.py").write_text(text)
+    if text is not None:
+        (folder / "diffusion.py").write_text(text)
+    if binary is not None:
+        (folder / "binary_diffusion.py").write_text(binary)
     return folder
+
+
+def stubs(tmp_path):
+    return stage(tmp_path, stub_source(), binary=stub_source(BINARY_REFERENCE))
+
+
+def is_binary(test_name):
+    return "test_public_binary" in test_name
 
 
 def test_public_tests_pass_on_the_reference(tmp_path):
@@ -53,7 +70,8 @@ def test_public_tests_pass_on_the_reference(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CORRECT, ids=[p.stem for p in CORRECT])
 def test_public_tests_pass_on_correct_alternates(tmp_path, path):
-    code, output, _ = run_public(path, tmp_path)  # a file is accepted as well as a folder
+    # a file is accepted as well as a folder; it is part 1's, so part 2's tests are left out
+    code, output, _ = run_public(path, tmp_path, "-k", "not binary")
     assert code == 0, output[-3000:]
 
 
@@ -62,8 +80,16 @@ def test_public_tests_pass_on_correct_alternates(tmp_path, path):
 def test_public_tests_pass_on_correct_forms(tmp_path, alternate):
     """The forms the grader gives full marks (tests/submissions/correct_forms.py, float32
     schedules included) pass the public tests too: their tolerances are no tighter."""
-    code, output, _ = run_public(stage(tmp_path, alternate.source()), tmp_path)
+    code, output, _ = run_public(stage(tmp_path, alternate.source()), tmp_path, "-k", "not binary")
     assert code == 0, output[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alternate", BINARY_ALTERNATES, ids=[a.name for a in BINARY_ALTERNATES])
+def test_public_binary_tests_pass_on_correct_alternates(tmp_path, alternate):
+    folder = stage(tmp_path, None, binary=source(alternate.patches))
+    code, output, cases = run_public(folder, tmp_path, "-k", "binary")
+    assert code == 0 and len(cases) >= 15, output[-3000:]
 
 
 def test_public_tests_accept_noise_drawn_with_torch_normal_and_normal_(tmp_path):
@@ -77,12 +103,13 @@ def test_public_tests_accept_noise_drawn_with_torch_normal_and_normal_(tmp_path)
     ]:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
-    code, output, _ = run_public(stage(tmp_path, text), tmp_path, "-k", "p_sample or sample")
+    code, output, _ = run_public(stage(tmp_path, text), tmp_path, "-k",
+                                 "(p_sample or sample) and not binary")
     assert code == 0, output[-3000:]
 
 
 def test_public_tests_fail_on_the_stub_saying_not_implemented(tmp_path):
-    code, output, cases = run_public(stage(tmp_path, stub_source()), tmp_path)
+    code, output, cases = run_public(stubs(tmp_path), tmp_path)
     assert code == 1, f"expected test failures (exit 1), got exit {code}:\n{output[-3000:]}"
     assert cases, output[-3000:]
     silent = [name for name, msg in cases.items() if msg is None or "not implemented" not in msg]
@@ -94,10 +121,23 @@ def test_public_tests_fail_on_the_stub_saying_not_implemented(tmp_path):
 def test_public_tests_report_a_broken_import_as_a_failure_of_every_test(tmp_path):
     code, output, cases = run_public(stage(tmp_path, "import torch\ndef q_sample(:\n"), tmp_path)
     assert code == 1, output[-3000:]
-    assert cases and all(msg and "your diffusion.py does not import" in msg and "SyntaxError" in msg
-                         for msg in cases.values()), output[-3000:]
+    part1 = {name: msg for name, msg in cases.items() if not is_binary(name)}
+    assert part1 and all(msg and "your diffusion.py does not import" in msg and "SyntaxError" in msg
+                         for msg in part1.values()), output[-3000:]
     # In full (with the line) once; the other tests say so in one line.
-    assert sum("def q_sample(:" in msg for msg in cases.values()) == 1, output[-3000:]
+    assert sum("def q_sample(:" in msg for msg in part1.values()) == 1, output[-3000:]
+    # part 2's tests fail on their own account: its file is missing
+    part2 = {name: msg for name, msg in cases.items() if is_binary(name)}
+    assert part2 and all(msg and "no binary_diffusion.py" in msg for msg in part2.values())
+
+
+def test_public_tests_of_one_part_do_not_depend_on_the_other_file(tmp_path):
+    folder = stage(tmp_path, "def broken(:\n", binary=BINARY_REFERENCE.read_text())
+    code, output, cases = run_public(folder, tmp_path, "-k", "binary")
+    assert code == 0 and len(cases) >= 15, output[-3000:]
+    code, output, cases = run_public(tmp_path / "submission" / "binary_diffusion.py", tmp_path,
+                                     "-k", "binary")
+    assert code == 0 and cases, output[-3000:]
 
 
 def test_public_tests_report_a_broken_init_once_and_in_one_line_elsewhere(tmp_path):
@@ -107,7 +147,7 @@ def test_public_tests_report_a_broken_init_once_and_in_one_line_elsewhere(tmp_pa
     assert reference.count(old) == 1
     code, output, cases = run_public(
         stage(tmp_path, reference.replace(old, "F.pad(alphas_cumprod, (1, 0), value=1.0)")),
-        tmp_path)
+        tmp_path, "-k", "not binary")
     assert code == 1 and cases and all(cases.values()), output[-3000:]
     full = [m for m in cases.values() if "shown in full" not in m]
     assert len(full) == 1, f"{len(full)} tests show the __init__ error in full:\n{output[-3000:]}"
@@ -140,13 +180,13 @@ def test_public_tests_stop_with_a_usage_error_without_a_submission(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     code, output, _ = run_public(empty, tmp_path)
-    assert code == 4 and "no diffusion.py" in output, output[-2000:]
+    assert code == 4 and "no diffusion.py or binary_diffusion.py" in output, output[-2000:]
 
 
 def test_public_tests_read_the_submission_from_the_environment(tmp_path):
     import os
 
-    env = dict(os.environ, DDPM_SUBMISSION=str(stage(tmp_path, stub_source())))
+    env = dict(os.environ, DDPM_SUBMISSION=str(stubs(tmp_path)))
     code, _, cases = run_public(None, tmp_path, env=env)
     assert code == 1 and cases and all(msg and "not implemented" in msg for msg in cases.values())
 
@@ -168,6 +208,37 @@ def _public_tolerance(key):
     return public_helpers.OUT_RTOL, public_helpers.OUT_ATOL
 
 
+def _binary_tolerance(key):
+    """The same for part 2's fixtures; None where the value is an input or discrete (samples in
+    {-1, +1}) and must match exactly."""
+    sys.path.insert(0, str(PUBLIC))
+    try:
+        import test_public_binary as b
+    finally:
+        sys.path.remove(str(PUBLIC))
+    if key.startswith("schedule/"):
+        return b.SCHED_RTOL, b.SCHED_ATOL
+    if key.startswith("p_loss/"):
+        return b.LOSS_RTOL, b.LOSS_ATOL
+    if key.endswith("/out") and key.split("/")[0] in ("posterior", "probs", "reverse"):
+        return 0.0, b.PROB_ATOL
+    return None
+
+
+def _check_fixtures(stored_path, fresh, generator, tolerance):
+    with np.load(stored_path) as stored, np.load(fresh) as new:
+        assert sorted(stored.files) == sorted(new.files), "fixture keys changed: regenerate"
+        for key in stored.files:
+            a, b = stored[key], new[key]
+            assert a.dtype == b.dtype and a.shape == b.shape, key
+            hint = f"{key} differs: run `python tests_public/fixtures/{generator}` and commit"
+            tol = tolerance(key)
+            if tol is None:
+                np.testing.assert_array_equal(a, b, err_msg=hint)
+            else:
+                np.testing.assert_allclose(a, b, rtol=tol[0] / 10, atol=tol[1] / 10, err_msg=hint)
+
+
 def test_public_fixtures_are_reproduced_by_their_generator(tmp_path):
     """Inputs (numpy's RandomState under a fixed seed) must be reproduced bit for bit. Outputs are
     the reference's float32 arithmetic, which differs between CPUs (vector width, fused
@@ -177,14 +248,15 @@ def test_public_fixtures_are_reproduced_by_their_generator(tmp_path):
     fresh = tmp_path / "public.npz"
     subprocess.run([sys.executable, str(PUBLIC / "fixtures" / "generate.py"), "--out", str(fresh)],
                    check=True, capture_output=True, timeout=120)
-    with np.load(PUBLIC / "fixtures" / "public.npz") as stored, np.load(fresh) as new:
-        assert sorted(stored.files) == sorted(new.files), "fixture keys changed: regenerate"
-        for key in stored.files:
-            a, b = stored[key], new[key]
-            assert a.dtype == b.dtype and a.shape == b.shape, key
-            hint = f"{key} differs: run `python tests_public/fixtures/generate.py` and commit"
-            if key.startswith("buffers/") or any(k in key for k in OUTPUTS):
-                rtol, atol = _public_tolerance(key)
-                np.testing.assert_allclose(a, b, rtol=rtol / 10, atol=atol / 10, err_msg=hint)
-            else:
-                np.testing.assert_array_equal(a, b, err_msg=hint)
+    _check_fixtures(PUBLIC / "fixtures" / "public.npz", fresh, "generate.py",
+                    lambda key: _public_tolerance(key)
+                    if key.startswith("buffers/") or any(k in key for k in OUTPUTS) else None)
+
+
+def test_public_binary_fixtures_are_reproduced_by_their_generator(tmp_path):
+    """Part 2's fixtures, on the same terms."""
+    fresh = tmp_path / "public_binary.npz"
+    subprocess.run([sys.executable, str(PUBLIC / "fixtures" / "generate_binary.py"), "--out",
+                    str(fresh)], check=True, capture_output=True, timeout=120)
+    _check_fixtures(PUBLIC / "fixtures" / "public_binary.npz", fresh, "generate_binary.py",
+                    _binary_tolerance)

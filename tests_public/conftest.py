@@ -1,8 +1,13 @@
-"""Public tests: which diffusion.py they test, and the shared fixtures.
+"""Public tests: which diffusion.py / binary_diffusion.py they test, and the shared fixtures.
 
-    pytest tests_public                          # tests ../assignment/diffusion.py (the kit layout)
-    pytest tests_public --submission DIR         # tests DIR/diffusion.py (DIR may also be the file)
+    pytest tests_public                          # tests ../assignment/ (the kit layout)
+    pytest tests_public --submission DIR         # tests DIR/diffusion.py and DIR/binary_diffusion.py
+    pytest tests_public --submission FILE        # one file (of any name); the other part's tests fail
     DDPM_SUBMISSION=DIR pytest tests_public      # the same, through the environment
+
+Part 1's tests (test_public_schedule/sampling/training.py) use the fixture `ddpm`, part 2's
+(test_public_binary.py) the fixture `bdm`. A part whose file is missing or does not import fails
+its own tests only, each with that reason.
 """
 
 import importlib.util
@@ -24,54 +29,84 @@ from public_helpers import FIXTURES  # noqa: E402
 DEFAULT_SUBMISSION = HERE.parent / "assignment"
 
 
+# The graded files: module name -> (class it must define, the public test files of that part).
+PARTS = {
+    "diffusion": ("Diffusion", "part 1"),
+    "binary_diffusion": ("BinaryDiffusion", "part 2"),
+}
+BINARY_TESTS = ("test_public_binary",)  # test modules of part 2; every other one is part 1's
+
+
 def pytest_addoption(parser):
     parser.addoption("--submission", default=None, metavar="DIR",
-                     help="folder holding the diffusion.py to test (default: env DDPM_SUBMISSION, "
-                          f"else {DEFAULT_SUBMISSION})")
+                     help="folder holding the diffusion.py / binary_diffusion.py to test (default: "
+                          f"env DDPM_SUBMISSION, else {DEFAULT_SUBMISSION})")
 
 
-def _submission_file(config):
+def _submission_files(config):
+    """{module name: path or None}: the files of the submission (None: not there)."""
     raw = config.getoption("--submission") or os.environ.get("DDPM_SUBMISSION")
     path = Path(raw).expanduser().resolve() if raw else DEFAULT_SUBMISSION
     if path.is_file():
-        return path
+        # One file of any name: part 2's if it defines BinaryDiffusion, else part 1's.
+        part = ("binary_diffusion" if "class BinaryDiffusion" in path.read_text(errors="replace")
+                else "diffusion")
+        return {name: path if name == part else None for name in PARTS}, path.parent
     if not path.is_dir():
         raise pytest.UsageError(f"submission folder {path} does not exist; pass --submission DIR "
                                 f"(or set DDPM_SUBMISSION) to the folder with your diffusion.py")
-    file = path / "diffusion.py"
-    if not file.is_file():
-        raise pytest.UsageError(f"no diffusion.py in {path}; pass --submission DIR (or set "
-                                f"DDPM_SUBMISSION) to the folder with your diffusion.py")
-    return file
+    files = {name: path / f"{name}.py" if (path / f"{name}.py").is_file() else None
+             for name in PARTS}
+    if not any(files.values()):
+        raise pytest.UsageError(f"no diffusion.py or binary_diffusion.py in {path}; pass "
+                                f"--submission DIR (or set DDPM_SUBMISSION) to the folder with "
+                                f"your diffusion.py")
+    return files, path
+
+
+def _load(name, file):
+    """(module, None) or (None, why not)."""
+    if file is None:
+        return None, "missing"
+    sys.modules.pop(name, None)
+    try:
+        spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        if not hasattr(module, PARTS[name][0]):
+            raise ImportError(f"it defines no class named {PARTS[name][0]}")
+        return module, None
+    except BaseException as err:  # a SyntaxError or even SystemExit must not stop collection
+        sys.modules.pop(name, None)
+        lines = traceback.format_exception_only(type(err), err)
+        return None, "".join(lines).strip()
 
 
 def pytest_configure(config):
-    file = _submission_file(config)
-    config._ddpm_submission = file
-    public_helpers.SUBMISSION = file
+    files, folder = _submission_files(config)
+    config._ddpm_files, config._ddpm_folder = files, folder
+    config._ddpm_submission = files["diffusion"] or files["binary_diffusion"]
+    public_helpers.SUBMISSION = config._ddpm_submission
     # Failures are short messages (pytest.fail(..., pytrace=False)); anything unexpected gets a
     # short traceback rather than pages of source and values.
     if getattr(config.option, "tbstyle", "auto") == "auto":
         config.option.tbstyle = "short"
-    # Load it under its plain name, as the homework's own modules do (`from diffusion import ...`).
-    sys.path.insert(0, str(file.parent))
-    sys.modules.pop("diffusion", None)
-    try:
-        spec = importlib.util.spec_from_file_location("diffusion", file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["diffusion"] = module
-        spec.loader.exec_module(module)
-        if not hasattr(module, "Diffusion"):
-            raise ImportError("it defines no class named Diffusion")
-        config._ddpm_module, config._ddpm_import_error = module, None
-    except BaseException as err:  # a SyntaxError or even SystemExit must not stop collection
-        sys.modules.pop("diffusion", None)
-        lines = traceback.format_exception_only(type(err), err)
-        config._ddpm_module, config._ddpm_import_error = None, "".join(lines).strip()
+    # Load them under their plain names, as the homework's own modules do (`from diffusion import`).
+    sys.path.insert(0, str(folder))
+    config._ddpm_modules, config._ddpm_errors = {}, {}
+    for name, file in files.items():
+        config._ddpm_modules[name], config._ddpm_errors[name] = _load(name, file)
+    config._ddpm_module = config._ddpm_modules["diffusion"]
 
 
 def pytest_report_header(config):
-    return f"submission: {config._ddpm_submission}"
+    return "submission: " + ", ".join(str(f) for f in config._ddpm_files.values() if f)
+
+
+def _part_of(item):
+    module = item.module.__name__.rsplit(".", 1)[-1]
+    return "binary_diffusion" if module.startswith(BINARY_TESTS) else "diffusion"
 
 
 # The handout's order: each file's functions build on the previous file's, so the first failure
@@ -87,21 +122,32 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_pyfunc_call(pyfuncitem):
-    """When diffusion.py does not import, every test fails with that error (not a setup error):
-    in full in the first test, in one line in the others."""
+    """When a part's file is missing or does not import, each of its tests fails with that reason
+    (an import error in full in the part's first test, in one line in the others)."""
     config = pyfuncitem.config
-    if config._ddpm_module is None:
-        error = config._ddpm_import_error
+    name = _part_of(pyfuncitem)
+    error = config._ddpm_errors[name]
+    if error == "missing":
+        pytest.fail(f"no {name}.py in {config._ddpm_folder} ({PARTS[name][1]}; the other part's "
+                    f"tests do not need it)", pytrace=False)
+    if error is not None:
         kind = error.splitlines()[-1].split(":")[0] if error else "error"
         pytest.fail(public_helpers.shown_once(
-            "import", f"your diffusion.py does not import: {error}\n  ({config._ddpm_submission})",
-            f"your diffusion.py does not import ({kind})"), pytrace=False)
+            f"import {name}", f"your {name}.py does not import: {error}\n"
+                              f"  ({config._ddpm_files[name]})",
+            f"your {name}.py does not import ({kind})"), pytrace=False)
 
 
 @pytest.fixture(scope="session")
 def ddpm(pytestconfig):
     """The submission's diffusion module (None when it does not import; see pytest_pyfunc_call)."""
-    return pytestconfig._ddpm_module
+    return pytestconfig._ddpm_modules["diffusion"]
+
+
+@pytest.fixture(scope="session")
+def bdm(pytestconfig):
+    """The submission's binary_diffusion module (None when missing or broken)."""
+    return pytestconfig._ddpm_modules["binary_diffusion"]
 
 
 @pytest.fixture(scope="session")
